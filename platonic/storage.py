@@ -1,0 +1,96 @@
+"""Atomic file writes, fingerprints and the directory layout shared by every stage."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+LEVEL_PLACEHOLDER = "{}"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    A crash or Ctrl-C inside the block leaves no partial file under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def sha256_of(*parts: Any) -> str:
+    """Fingerprint of JSON-serialisable parts (strings, numbers, lists, dicts)."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, bytes):
+            h.update(part)
+        else:
+            h.update(json.dumps(part, sort_keys=True, ensure_ascii=False).encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def level_dir(template: str | os.PathLike, level: int | None) -> Path:
+    """Directory for one uniqueness level.
+
+    `template` may hold `{}` for the level (`BASE/gpt_u={}_features`, as in the original README).
+    Without `{}`, a level gets its own sub-folder `u=<level>`; `level=None` means no levels.
+    """
+    template = str(template)
+    if LEVEL_PLACEHOLDER in template:
+        if level is None:
+            raise ValueError(f"directory template {template!r} needs a uniqueness level")
+        return Path(template.replace(LEVEL_PLACEHOLDER, str(level)))
+    return Path(template) if level is None else Path(template) / f"u={level}"
+
+
+def model_slug(model_id: str) -> str:
+    """File-name stem for a model named by Hub id or path (the original's `/` -> `_`)."""
+    return str(model_id).strip("/").replace("/", "_")
+
+
+def dataset_dir(root: str | os.PathLike, dataset: str, subset: str | None) -> Path:
+    """`{root}/{dataset}/{subset}`, the original layout; a local dataset path uses its folder name."""
+    name = Path(dataset).name if os.path.isabs(dataset) or dataset.startswith(".") else dataset
+    path = Path(root) / name
+    return path / subset if subset else path
