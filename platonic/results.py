@@ -1,0 +1,129 @@
+"""The alignment-result format written by measure_alignment.py and read by the plots.
+
+Per (level, model set, modality pair, metric) three files share one stem:
+  `{metric}_k{topk}.json`       scores [n_x, n_y], best layer indices as (x layer, y layer) with -1
+                                meaning all layers concatenated, model lists, metric and parameters,
+                                fingerprints of the feature files used;
+  `{metric}_k{topk}.csv`        one row per model pair (tidy);
+  `{metric}_k{topk}_grids.npz`  `grid_{i}_{j}`: the layer-by-layer scores of x model i and
+                                y model j, shape [Lx+1, Ly+1]; row/column 0 is the concatenation
+                                (-1), row r is x layer r-1.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from platonic.errors import PlatonicError
+from platonic.storage import atomic_path, dataset_dir, read_json, write_json, write_text
+
+FORMAT_VERSION = 1
+INDICES_LAYOUT = "(x layer, y layer); -1 = all layers concatenated; null = no score above 0"
+CSV_COLUMNS = ["level", "model_x", "model_y", "metric", "topk", "score", "layer_x", "layer_y"]
+
+
+def alignment_path(root: str | os.PathLike, dataset: str, subset: str | None, modelset: str,
+                   modality_x: str, pool_x: str, prompt_x: Any,
+                   modality_y: str, pool_y: str, prompt_y: Any,
+                   metric: str, topk: int | None) -> Path:
+    """`{root}/{dataset}/{subset}/{modelset}/{x}_pool-.._prompt-.._{y}_pool-.._prompt-../{metric}_k{topk}.json`."""
+    pair = (f"{modality_x}_pool-{pool_x}_prompt-{prompt_x}_"
+            f"{modality_y}_pool-{pool_y}_prompt-{prompt_y}")
+    return dataset_dir(root, dataset, subset) / modelset / pair / f"{metric}_k{topk}.json"
+
+
+def csv_path(json_path: Path) -> Path:
+    return json_path.with_suffix(".csv")
+
+
+def grids_path(json_path: Path) -> Path:
+    return json_path.with_name(json_path.stem + "_grids.npz")
+
+
+@dataclass
+class AlignmentResult:
+    """Scores of every x model against every y model at one level."""
+
+    metric: str
+    topk: int | None
+    models_x: list[str]
+    models_y: list[str]
+    scores: np.ndarray
+    indices: list[list[tuple[int, int] | None]]
+    meta: dict[str, Any] = field(default_factory=dict)
+    grids: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
+
+    @property
+    def level(self) -> int | None:
+        return self.meta.get("level")
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Tidy rows, one per model pair."""
+        out = []
+        for i, mx in enumerate(self.models_x):
+            for j, my in enumerate(self.models_y):
+                idx = self.indices[i][j]
+                out.append({
+                    "level": self.level, "model_x": mx, "model_y": my, "metric": self.metric,
+                    "topk": self.topk, "score": float(self.scores[i, j]),
+                    "layer_x": None if idx is None else idx[0],
+                    "layer_y": None if idx is None else idx[1],
+                })
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            **self.meta,
+            "metric": self.metric,
+            "topk": self.topk,
+            "models_x": self.models_x,
+            "models_y": self.models_y,
+            "scores": [[float(v) for v in row] for row in self.scores],
+            "indices": [[None if idx is None else list(idx) for idx in row] for row in self.indices],
+            "indices_layout": INDICES_LAYOUT,
+        }
+
+
+def save_result(path: str | os.PathLike, result: AlignmentResult) -> None:
+    """Write grids, CSV, then the JSON last (each atomically): the JSON marks a finished result."""
+    path = Path(path)
+    with atomic_path(grids_path(path)) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **{f"grid_{i}_{j}": g for (i, j), g in result.grids.items()})
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(result.rows())
+    write_text(csv_path(path), buf.getvalue())
+    write_json(path, result.to_json())
+
+
+def load_result(path: str | os.PathLike, with_grids: bool = False) -> AlignmentResult:
+    path = Path(path)
+    if not path.exists():
+        raise PlatonicError(f"{path}: alignment result not found")
+    data = read_json(path)
+    if data.get("format_version") != FORMAT_VERSION:
+        raise PlatonicError(f"{path}: unknown alignment result format {data.get('format_version')!r}")
+    meta = {k: v for k, v in data.items()
+            if k not in {"metric", "topk", "models_x", "models_y", "scores", "indices",
+                         "format_version", "indices_layout"}}
+    grids: dict[tuple[int, int], np.ndarray] = {}
+    if with_grids and grids_path(path).exists():
+        with np.load(grids_path(path), allow_pickle=False) as npz:
+            for key in npz.files:
+                _, i, j = key.split("_")
+                grids[(int(i), int(j))] = npz[key]
+    return AlignmentResult(
+        metric=data["metric"], topk=data["topk"], models_x=data["models_x"],
+        models_y=data["models_y"], scores=np.asarray(data["scores"], dtype=np.float64),
+        indices=[[None if idx is None else (idx[0], idx[1]) for idx in row] for row in data["indices"]],
+        meta=meta, grids=grids,
+    )
