@@ -1,0 +1,220 @@
+"""The measure stage: alignment of every x model with every y model, per uniqueness level.
+
+Each feature file is loaded once per run; each y model's kernels are built once and reused for
+every x model. A result is reused pair by pair when the fingerprints of both feature files and
+the metric settings match the stored ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from platonic import metrics
+from platonic.alignment import LayerKernels, best_of_grid, prepare_features, score_grid
+from platonic.errors import PlatonicError
+from platonic.features import load_features, read_meta, resolve_feature_file
+from platonic.models import get_models
+from platonic.results import AlignmentResult, alignment_path, load_result, save_result
+from platonic.storage import level_dir, sha256_file
+
+ALL_LEVELS = list(range(0, 101, 10))
+
+
+def parse_levels(text: str | None) -> list[int] | None:
+    """`all` (0, 10, ..., 100), a comma list `0,10,20`, or a range `0:100:10`; None = no levels."""
+    if text is None:
+        return None
+    text = text.strip()
+    try:
+        if text == "all":
+            levels = list(ALL_LEVELS)
+        elif ":" in text:
+            start, stop, *step = (int(p) for p in text.split(":"))
+            levels = list(range(start, stop + 1, step[0] if step else 10))
+        else:
+            levels = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise PlatonicError(f"--levels {text!r}: use 'all', '0,10,50' or '0:100:10'") from None
+    bad = [lv for lv in levels if not 0 <= lv <= 100]
+    if not levels or bad:
+        raise PlatonicError(f"--levels {text!r}: levels must be integers in 0..100")
+    return levels
+
+
+@dataclass
+class Side:
+    """One side (x or y) of the comparison: modality, pooling, prompt and model ids."""
+
+    modality: str
+    pool: str
+    prompt: Any
+    models: list[str]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Alignment between every x model and every y model (best over all layer "
+                    "pairs), from feature files written by extract_features.py.")
+    p.add_argument("--dataset", default="minhuh/prh")
+    p.add_argument("--subset", default="wit_1024")
+    p.add_argument("--modelset", default="val", help="model set naming the models (see platonic.models)")
+    p.add_argument("--modality_x", default="language", choices=["language", "vision"])
+    p.add_argument("--pool_x", default="avg")
+    p.add_argument("--prompt_x", action="store_true")
+    p.add_argument("--modality_y", default="vision", choices=["language", "vision"])
+    p.add_argument("--pool_y", default="cls")
+    p.add_argument("--prompt_y", action="store_true")
+    p.add_argument("--models_x", nargs="+", help="x models by id (default: the model set's)")
+    p.add_argument("--models_y", nargs="+", help="y models by id (default: the model set's)")
+    p.add_argument("--metric", default="mutual_knn", choices=list(metrics.METRICS))
+    p.add_argument("--topk", type=int, default=10)
+    p.add_argument("--levels", help="uniqueness levels: 'all', '0,10,50' or '0:100:10'; the "
+                                    "dirs then hold '{}' for the level (else a u=<level> sub-folder)")
+    p.add_argument("--input_dir", default="./results/features")
+    p.add_argument("--output_dir", default="./results/alignment")
+    p.add_argument("--precise", action="store_true",
+                   help="outlier threshold from one global quantile (else the mean of per-sample ones)")
+    p.add_argument("--force_remake", action="store_true")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    return p
+
+
+def side_from_args(args: argparse.Namespace, axis: str) -> Side:
+    modality = getattr(args, f"modality_{axis}")
+    models = getattr(args, f"models_{axis}") or [m.id for m in get_models(args.modelset, modality)]
+    if not models:
+        raise PlatonicError(f"model set {args.modelset!r} has no {modality} models")
+    return Side(modality, getattr(args, f"pool_{axis}"), getattr(args, f"prompt_{axis}"), models)
+
+
+def feature_files(args: argparse.Namespace, side: Side, in_dir: Path) -> list[Path]:
+    return [resolve_feature_file(in_dir, args.dataset, args.subset, m, side.pool, side.prompt)
+            for m in side.models]
+
+
+def file_fingerprint(path: Path) -> str:
+    return sha256_file(path) if path.suffix == ".pt" else read_meta(path)["content_sha256"]
+
+
+def settings_of(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything besides the inputs that changes a score."""
+    return {"metric": args.metric, "topk": args.topk, "normalize": True,
+            "outlier_quantile": 0.95, "precise": args.precise, "order": "metric(y, x)"}
+
+
+def reusable_pairs(path: Path, settings: dict[str, Any], force: bool) -> dict[tuple[str, str], Any]:
+    """(fingerprint_x, fingerprint_y) -> (score, indices, grid) from a previous result."""
+    if force or not path.exists():
+        return {}
+    old = load_result(path, with_grids=True)
+    if old.meta.get("settings") != settings:
+        return {}
+    fps_x, fps_y = old.meta["fingerprints_x"], old.meta["fingerprints_y"]
+    return {(fps_x[i], fps_y[j]): (old.scores[i, j], old.indices[i][j], old.grids.get((i, j)))
+            for i in range(len(fps_x)) for j in range(len(fps_y))}
+
+
+def load_kernels(path: Path, device: torch.device, precise: bool) -> LayerKernels:
+    """Load one feature file (checked on load), remove outliers, build its layer kernels."""
+    return LayerKernels(prepare_features(load_features(path, device=device).feats, exact=precise))
+
+
+def check_sample_counts(paths_x: list[Path], paths_y: list[Path], topk: int, uses_topk: bool) -> None:
+    """Every file must hold the same number of samples, and topk must be below it."""
+    counts = {p: _num_samples(p) for p in [*paths_x, *paths_y]}
+    first = paths_x[0]
+    for p, n in counts.items():
+        if n != counts[first]:
+            raise PlatonicError(f"{first} has {counts[first]} samples but {p} has {n}")
+    if uses_topk and not 1 <= topk < counts[first]:
+        raise PlatonicError(f"--topk {topk} must be between 1 and N-1 = {counts[first] - 1} "
+                            f"(N = {counts[first]} samples in {first})")
+
+
+def _num_samples(path: Path) -> int:
+    if path.suffix == ".pt":
+        return load_features(path).feats.shape[0]
+    return int(read_meta(path)["num_samples"])
+
+
+def measure_level(args: argparse.Namespace, x: Side, y: Side, level: int | None,
+                  device: torch.device) -> Path:
+    in_dir, out_dir = level_dir(args.input_dir, level), level_dir(args.output_dir, level)
+    paths_x, paths_y = feature_files(args, x, in_dir), feature_files(args, y, in_dir)
+    missing = [str(p) for p in [*paths_x, *paths_y] if not p.exists()]
+    if missing:
+        raise PlatonicError(f"{len(missing)} feature file(s) missing: {', '.join(missing)}")
+    check_sample_counts(paths_x, paths_y, args.topk, metrics.get_metric(args.metric).uses_topk)
+    out = alignment_path(out_dir, args.dataset, args.subset, args.modelset, x.modality, x.pool,
+                         x.prompt, y.modality, y.pool, y.prompt, args.metric, args.topk)
+    settings = settings_of(args)
+    fps_x = [file_fingerprint(p) for p in paths_x]
+    fps_y = [file_fingerprint(p) for p in paths_y]
+    reuse = reusable_pairs(out, settings, args.force_remake)
+    todo = [(i, j) for i in range(len(paths_x)) for j in range(len(paths_y))
+            if (fps_x[i], fps_y[j]) not in reuse]
+    if not todo and out.exists():
+        print(f"up to date: {out}")
+        return out
+    scores = np.zeros((len(paths_x), len(paths_y)))
+    indices: list[list[Any]] = [[None] * len(paths_y) for _ in paths_x]
+    grids: dict[tuple[int, int], np.ndarray] = {}
+    for i, j in ((i, j) for i in range(len(paths_x)) for j in range(len(paths_y))):
+        if (i, j) not in todo:
+            scores[i, j], indices[i][j], grid = reuse[(fps_x[i], fps_y[j])]
+            if grid is not None:
+                grids[(i, j)] = grid
+    by_x: dict[int, list[int]] = {}
+    for i, j in todo:
+        by_x.setdefault(i, []).append(j)
+    kernels_y: dict[int, LayerKernels] = {}
+    desc = f"{args.metric} u={level}" if level is not None else args.metric
+    with tqdm(total=len(todo), desc=desc, unit="pair") as bar:
+        for i, js in by_x.items():
+            kx = load_kernels(paths_x[i], device, args.precise)
+            for j in js:
+                if j not in kernels_y:
+                    kernels_y[j] = load_kernels(paths_y[j], device, args.precise)
+                # The original called compute_score(y, x): metric(y, x), y layers in the outer loop.
+                grid_yx = score_grid(kernels_y[j], kx, args.metric, args.topk)
+                score, best = best_of_grid(grid_yx)
+                scores[i, j], indices[i][j] = score, None if best is None else (best[1], best[0])
+                grids[(i, j)] = grid_yx.T
+                bar.update()
+    meta = {
+        "dataset": args.dataset, "subset": args.subset, "modelset": args.modelset, "level": level,
+        "modality_x": x.modality, "pool_x": x.pool, "prompt_x": x.prompt,
+        "modality_y": y.modality, "pool_y": y.pool, "prompt_y": y.prompt,
+        "settings": settings,
+        "feature_files_x": [str(p) for p in paths_x], "feature_files_y": [str(p) for p in paths_y],
+        "fingerprints_x": fps_x, "fingerprints_y": fps_y,
+    }
+    save_result(out, AlignmentResult(args.metric, args.topk, x.models, y.models, scores, indices,
+                                     meta, grids))
+    print(f"wrote {out}")
+    return out
+
+
+def pick_device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PlatonicError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    x, y = side_from_args(args, "x"), side_from_args(args, "y")
+    device = pick_device(args.device)
+    for level in parse_levels(args.levels) or [None]:
+        measure_level(args, x, y, level, device)
+    return 0
