@@ -68,9 +68,9 @@ def test_cycle_lcs_edit_match_python_loops():
         return dp[-1][-1]
 
     assert metrics.cycle_knn(a, b, topk=6) == pytest.approx(cycle)
-    assert metrics.lcs_knn(a, b, topk=6) == pytest.approx(np.mean([lcs(x, y) for x, y in zip(ka, kb)]))
+    assert metrics.lcs_knn(a, b, topk=6) == pytest.approx(np.mean([lcs(x, y) for x, y in zip(ka, kb, strict=True)]))
     assert metrics.edit_distance_knn(a, b, topk=6) == pytest.approx(
-        1 - np.mean([lev(x, y) for x, y in zip(ka, kb)]) / 6)
+        1 - np.mean([lev(x, y) for x, y in zip(ka, kb, strict=True)]) / 6)
 
 
 def numpy_hsic_unbiased(K, L):

@@ -1,0 +1,145 @@
+"""measure_alignment.py on small feature files written by the test."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from platonic import alignment
+from platonic.errors import PlatonicError
+from platonic.features import feature_path, save_features
+from platonic.measure import main
+from platonic.results import csv_path, grids_path, load_result
+
+ROOT = Path(__file__).resolve().parents[1]
+LANG = ["org/lm-a", "org/lm-b"]
+VIS = ["vit_x", "vit_y", "vit_z"]
+N = 40
+
+
+def write_models(root: Path, level=None, seed=0, n=N, models=None):
+    g = torch.Generator().manual_seed(seed)
+    shared = torch.randn(n, 6, generator=g)
+    specs = models or [(m, "language", "avg") for m in LANG] + [(m, "vision", "cls") for m in VIS]
+    for i, (model, modality, pool) in enumerate(specs):
+        feats = torch.randn(n, 3 + i % 2, 16, generator=g)
+        feats[:, 1, :6] += (1 + i) * shared
+        extras = {"bpb": torch.rand(n, generator=g)} if modality == "language" else {}
+        save_features(feature_path(root, "toy", "s", model, pool), feats,
+                      {"model": model, "modality": modality, "pool": pool, "level": level},
+                      extras)
+
+
+def run(tmp_path, *extra):
+    args = ["--dataset", "toy", "--subset", "s", "--models_x", *LANG, "--models_y", *VIS,
+            "--input_dir", str(tmp_path / "feats"), "--output_dir", str(tmp_path / "align"),
+            "--topk", "5", *extra]
+    main(args)
+    return tmp_path / "align/toy/s/val/language_pool-avg_prompt-False_vision_pool-cls_prompt-False/mutual_knn_k5.json"
+
+
+def test_cli_writes_json_csv_grids_matching_the_search(tmp_path):
+    write_models(tmp_path / "feats")
+    out = run(tmp_path)
+    result = load_result(out, with_grids=True)
+    assert result.models_x == LANG and result.models_y == VIS
+    assert csv_path(out).read_text().count("\n") == 1 + len(LANG) * len(VIS)
+    assert grids_path(out).exists()
+    from platonic.features import load_features
+    for i, mx in enumerate(LANG):
+        for j, my in enumerate(VIS):
+            x = alignment.prepare_features(load_features(feature_path(tmp_path / "feats", "toy", "s", mx, "avg")).feats)
+            y = alignment.prepare_features(load_features(feature_path(tmp_path / "feats", "toy", "s", my, "cls")).feats)
+            score, (jy, ix), grid = alignment.exhaustive_search(y, x, "mutual_knn", topk=5)
+            assert result.scores[i, j] == score
+            assert result.indices[i][j] == (ix, jy)
+            np.testing.assert_array_equal(result.grids[(i, j)], grid.T)
+    data = json.loads(out.read_text())
+    assert "x layer, y layer" in data["indices_layout"]
+    assert len(data["fingerprints_x"]) == 2
+
+
+def test_rerun_reuses_and_a_changed_file_is_remade(tmp_path, capsys, monkeypatch):
+    write_models(tmp_path / "feats")
+    out = run(tmp_path)
+    first = load_result(out)
+    capsys.readouterr()
+    run(tmp_path)
+    assert "up to date" in capsys.readouterr().out
+    calls = []
+    real = alignment.score_grid
+    monkeypatch.setattr("platonic.measure.score_grid", lambda *a, **k: calls.append(1) or real(*a, **k))
+    write_models(tmp_path / "feats", seed=1, models=[("vit_y", "vision", "cls")])
+    run(tmp_path)
+    assert len(calls) == len(LANG)  # only vit_y's column
+    second = load_result(out)
+    assert np.array_equal(first.scores[:, [0, 2]], second.scores[:, [0, 2]])
+    calls.clear()
+    run(tmp_path, "--force_remake")
+    assert len(calls) == len(LANG) * len(VIS)
+
+
+def test_levels_templates(tmp_path):
+    for level in (0, 50):
+        write_models(Path(str(tmp_path / "u={}_feats").format(level)), level=level, seed=level)
+    main(["--dataset", "toy", "--subset", "s", "--models_x", *LANG, "--models_y", *VIS,
+          "--input_dir", str(tmp_path / "u={}_feats"), "--output_dir", str(tmp_path / "u={}_align"),
+          "--levels", "0,50"])
+    for level in (0, 50):
+        found = list((tmp_path / f"u={level}_align").rglob("mutual_knn_k10.json"))
+        assert len(found) == 1 and load_result(found[0]).level == level
+
+
+def test_legacy_pt_files_are_imported(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    for model, pool in [(m, "avg") for m in LANG] + [(m, "cls") for m in VIS]:
+        path = feature_path(tmp_path / "feats", "toy", "s", model, pool).with_suffix(".pt")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"feats": torch.randn(N, 3, 8, generator=g), "num_params": 123}, path)
+    out = run(tmp_path)
+    assert load_result(out).scores.shape == (2, 3)
+
+
+def test_missing_files_are_listed_together(tmp_path):
+    write_models(tmp_path / "feats", models=[("org/lm-a", "language", "avg")])
+    with pytest.raises(PlatonicError, match="4 feature file") as err:
+        run(tmp_path)
+    assert "lm-b" in str(err.value) and "vit_z" in str(err.value)
+
+
+def test_sample_count_mismatch_names_both_files(tmp_path):
+    write_models(tmp_path / "feats")
+    write_models(tmp_path / "feats", n=N - 1, models=[("vit_z", "vision", "cls")])
+    with pytest.raises(PlatonicError, match="org_lm-a_pool-avg.safetensors.*vit_z_pool-cls.safetensors"):
+        run(tmp_path)
+
+
+def test_topk_must_be_below_n(tmp_path):
+    write_models(tmp_path / "feats")
+    with pytest.raises(PlatonicError, match="topk"):
+        run(tmp_path, "--topk", str(N))
+
+
+def test_nan_names_file_and_layer_with_one_line_and_exit_2(tmp_path):
+    write_models(tmp_path / "feats")
+    path = feature_path(tmp_path / "feats", "toy", "s", "vit_y", "cls")
+    feats = torch.randn(N, 3, 16)
+    feats[4, 2, 0] = float("nan")
+    save_features(path, feats, {"model": "vit_y"})
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "measure_alignment.py"), "--dataset", "toy", "--subset", "s",
+         "--models_x", *LANG, "--models_y", *VIS, "--input_dir", str(tmp_path / "feats"),
+         "--output_dir", str(tmp_path / "align")], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr
+    assert last.startswith("error: ") and "vit_y_pool-cls.safetensors" in last and "layer(s) [2]" in last
+
+
+def test_unknown_metric_is_rejected_by_the_cli(tmp_path):
+    with pytest.raises(SystemExit):
+        main(["--metric", "nope"])
