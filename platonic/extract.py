@@ -1,0 +1,324 @@
+"""One extraction pass: every model loaded once, images encoded once, every level written.
+
+For each (model, level) the feature file lives at
+`feature_path(level_dir(output_dir, level), dataset, subset, model, pool)`. A file is reused only
+when its stored `input_fingerprint` (the exact texts or images and every setting that changes
+the features) matches; a model is loaded only if one of its files is missing or stale, so a run
+killed at any point and started again does only the missing work. Language levels are written
+one by one as they finish; captions repeated across levels are encoded once. Vision features do
+not depend on the level: they are encoded once and hard-linked (or copied) into every level.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from platonic import language, vision
+from platonic.data import (
+    PairedData,
+    add_noise,
+    file_levels,
+    images_fingerprint,
+    rule_levels,
+    texts_fingerprint,
+)
+from platonic.errors import PlatonicError
+from platonic.features import feature_path, read_meta, save_features
+from platonic.models import LANGUAGE, MODEL_SETS, VISION, ModelSpec, get_model, get_models
+from platonic.storage import atomic_path, level_dir, sha256_of
+
+STORAGE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+VISION_POOL = "cls"
+EXTRACTOR_VERSION = 1
+
+
+@dataclass
+class Settings:
+    """Where and how features are made; fields marked in `fingerprint_fields` change features."""
+
+    output_dir: str
+    dataset: str
+    subset: str | None
+    pool: str = "avg"
+    batch_size: int = 32
+    device: str = "cpu"
+    dtype: str = "bfloat16"
+    force_remake: bool = False
+    qlora: bool = False
+    force_download: bool = False
+    noise_percentage: float = 0.0
+    noise_seed: int = 0
+    max_length: int | None = None
+    padding_side: str = "right"
+
+    @property
+    def storage_dtype(self) -> torch.dtype:
+        if self.dtype not in STORAGE_DTYPES:
+            raise PlatonicError(f"--dtype must be one of {', '.join(STORAGE_DTYPES)}, got {self.dtype!r}")
+        return STORAGE_DTYPES[self.dtype]
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return language.compute_dtype(self.device, self.dtype)
+
+
+@dataclass
+class RunStats:
+    """What a run did, for the log and the benchmark."""
+
+    loads: Counter = field(default_factory=Counter)
+    forward_passes: Counter = field(default_factory=Counter)
+    real_tokens: int = 0
+    padded_tokens: int = 0
+    images_encoded: int = 0
+    written: list[Path] = field(default_factory=list)
+    reused: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _output_path(settings: Settings, level: int | None, model_id: str, pool: str) -> Path:
+    return feature_path(level_dir(settings.output_dir, level), settings.dataset, settings.subset,
+                        model_id, pool)
+
+
+def _is_current(path: Path, fingerprint: str, force: bool) -> bool:
+    if force or not path.exists():
+        return False
+    try:
+        return read_meta(path).get("input_fingerprint") == fingerprint
+    except PlatonicError:
+        return False
+
+
+def _base_meta(spec: ModelSpec, settings: Settings, pool: str, level: int | None,
+               num_params: int, fingerprint: str, extra: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "model": spec.id, "modality": spec.modality, "family": spec.family, "size": spec.size,
+        "size_rank": spec.size_rank, "pool": pool, "prompt": None, "dataset": settings.dataset,
+        "subset": settings.subset, "level": level, "num_params": num_params,
+        "input_fingerprint": fingerprint, "revision": spec.options.get("revision"),
+        "storage_dtype": settings.dtype, "compute_dtype": str(settings.compute_dtype).removeprefix("torch."),
+        "device": settings.device, **extra,
+    }
+
+
+def _check_finite(feats: torch.Tensor, model_id: str, level: int | None, rows: list[int]) -> None:
+    bad = (~torch.isfinite(feats).flatten(1).all(dim=1)).nonzero().flatten().tolist()
+    if bad:
+        indices = [rows[b] for b in bad]
+        shown = ", ".join(map(str, indices[:20])) + (" ..." if len(indices) > 20 else "")
+        raise PlatonicError(f"model {model_id}, level {level}: NaN or inf in hidden states of "
+                            f"sample index(es) {shown}")
+
+
+# ---- language ---------------------------------------------------------------------------------
+
+def language_fingerprint(spec: ModelSpec, settings: Settings, texts: list[str]) -> str:
+    return sha256_of({
+        "extractor": EXTRACTOR_VERSION, "model": spec.id, "revision": spec.options.get("revision"),
+        "texts": texts_fingerprint(texts), "pool": settings.pool, "storage_dtype": settings.dtype,
+        "compute_dtype": str(settings.compute_dtype), "max_length": settings.max_length,
+        "qlora": settings.qlora,
+    })
+
+
+def extract_language(spec: ModelSpec, texts_by_level: dict[int | None, list[str]], settings: Settings,
+                     stats: RunStats, loader: Callable[..., language.LanguageModel] | None = None) -> None:
+    """Features of one language model at every level, with a single model load."""
+    if settings.pool not in ("avg", "last"):
+        raise PlatonicError(f"language pooling must be avg or last, got {settings.pool!r}")
+    todo = {}
+    for level, texts in texts_by_level.items():
+        path = _output_path(settings, level, spec.id, settings.pool)
+        fingerprint = language_fingerprint(spec, settings, texts)
+        if _is_current(path, fingerprint, settings.force_remake):
+            stats.reused.append(path)
+        else:
+            todo[level] = (path, fingerprint)
+    if not todo:
+        return
+    load = loader or language.load_language_model
+    lm = load(spec, settings.device, settings.compute_dtype, settings.qlora, settings.padding_side,
+              settings.force_download)
+    stats.loads[spec.id] += 1
+    _encode_levels(lm, spec, {lv: texts_by_level[lv] for lv in todo}, todo, settings, stats)
+
+
+def _last_use(texts_by_level: dict[int | None, list[str]]) -> dict[str, int]:
+    last: dict[str, int] = {}
+    for step, texts in enumerate(texts_by_level.values()):
+        for text in texts:
+            last[text] = step
+    return last
+
+
+def _encode_levels(lm: language.LanguageModel, spec: ModelSpec, texts_by_level: dict[int | None, list[str]],
+                   todo: dict[int | None, tuple[Path, str]], settings: Settings, stats: RunStats) -> None:
+    """Encode level by level, writing each at once; a caption seen before is not encoded again."""
+    memo: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
+    last_use = _last_use(texts_by_level)
+    for step, (level, texts) in enumerate(tqdm(texts_by_level.items(), desc=spec.id, unit="level")):
+        new = list(dict.fromkeys(t for t in texts if t not in memo))
+        if new:
+            out = language.encode_texts(lm, new, settings.pool, settings.batch_size,
+                                        settings.max_length, desc=f"level {level}")
+            stats.forward_passes[spec.id] += out.forward_passes
+            stats.real_tokens += out.real_tokens
+            stats.padded_tokens += out.padded_tokens
+            for row, text in enumerate(new):
+                memo[text] = (out.feats[row], {k: v[row] for k, v in out.extras.items()})
+        feats = torch.stack([memo[t][0] for t in texts])
+        _check_finite(feats, spec.id, level, list(range(len(texts))))
+        extras = {k: torch.stack([memo[t][1][k] for t in texts]) for k in memo[texts[0]][1]}
+        path, fingerprint = todo[level]
+        meta = _base_meta(spec, settings, settings.pool, level, lm.num_params, fingerprint, {
+            "texts_sha256": texts_fingerprint(texts), "has_loss": lm.causal,
+            "max_length": settings.max_length})
+        save_features(path, feats.to(settings.storage_dtype), meta, extras)
+        stats.written.append(path)
+        memo = {t: v for t, v in memo.items() if last_use[t] > step}
+
+
+# ---- vision -----------------------------------------------------------------------------------
+
+def vision_fingerprint(spec: ModelSpec, settings: Settings, images_sha: str) -> str:
+    return sha256_of({
+        "extractor": EXTRACTOR_VERSION, "model": spec.id, "revision": spec.options.get("revision"),
+        "images": images_sha, "noise_percentage": settings.noise_percentage,
+        "noise_seed": settings.noise_seed, "storage_dtype": settings.dtype,
+        "compute_dtype": str(settings.compute_dtype),
+        "random_init_seed": spec.options.get("random_init_seed"),
+    })
+
+
+def noisy_images(images: list[Image.Image], settings: Settings) -> list[Image.Image]:
+    return [add_noise(img, settings.noise_percentage, settings.noise_seed, i) for i, img in enumerate(images)]
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Put `source`'s file at `target` atomically: a hard link where possible, else a copy."""
+    if source.resolve() == target.resolve():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.link")
+    try:
+        temporary.unlink(missing_ok=True)
+        os.link(source, temporary)
+        os.replace(temporary, target)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+        with atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
+
+
+def extract_vision(spec: ModelSpec, images: list[Image.Image], images_sha: str, levels: list[int | None],
+                   settings: Settings, stats: RunStats) -> None:
+    """Features of one vision model, encoded once and placed in every level's folder."""
+    fingerprint = vision_fingerprint(spec, settings, images_sha)
+    paths = [_output_path(settings, level, spec.id, VISION_POOL) for level in levels]
+    current = [p for p in paths if _is_current(p, fingerprint, settings.force_remake)]
+    missing = [p for p in paths if p not in current]
+    stats.reused.extend(current)
+    if not missing:
+        return
+    source = current[0] if current else _encode_vision(spec, images, images_sha, fingerprint,
+                                                       missing[0], settings, stats)
+    for path in missing:
+        link_or_copy(source, path)
+        stats.written.append(path)
+
+
+def _encode_vision(spec: ModelSpec, images: list[Image.Image], images_sha: str, fingerprint: str,
+                   path: Path, settings: Settings, stats: RunStats) -> Path:
+    vm = vision.load_vision_model(spec, settings.device, settings.compute_dtype)
+    stats.loads[spec.id] += 1
+    out = vision.encode_images(vm, images, settings.batch_size, desc=spec.id)
+    stats.forward_passes[spec.id] += out.forward_passes
+    stats.images_encoded += len(images)
+    _check_finite(out.feats, spec.id, None, list(range(len(images))))
+    meta = _base_meta(spec, settings, VISION_POOL, None, vm.num_params, fingerprint, {
+        "layer_dims": out.layer_dims, "noise_percentage": settings.noise_percentage,
+        "noise_seed": settings.noise_seed, "images_sha256": images_sha})
+    save_features(path, out.feats.to(settings.storage_dtype), meta)
+    return path
+
+
+# ---- a whole run ------------------------------------------------------------------------------
+
+def run_extraction(language_specs: list[ModelSpec], vision_specs: list[ModelSpec],
+                   texts_by_level: dict[int | None, list[str]], images: list[Image.Image],
+                   settings: Settings) -> RunStats:
+    """Extract every model at every level; language levels share one load, images one pass."""
+    stats = RunStats()
+    started = time.perf_counter()
+    levels = list(texts_by_level)
+    for spec in language_specs:
+        if spec.modality != LANGUAGE:
+            raise PlatonicError(f"model {spec.id!r} is not a language model")
+        extract_language(spec, texts_by_level, settings, stats)
+    if vision_specs:
+        shown = noisy_images(images, settings)
+        images_sha = images_fingerprint(shown)
+        for spec in vision_specs:
+            if spec.modality != VISION:
+                raise PlatonicError(f"model {spec.id!r} is not a vision model")
+            extract_vision(spec, shown, images_sha, levels, settings, stats)
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+def guess_modality(model_id: str) -> str:
+    """A model named on the command line: registered, a timm name / checkpoint, or a language model."""
+    import timm
+
+    for spec in _registered():
+        if spec.id == model_id:
+            return spec.modality
+    name = model_id.partition("@")[0]
+    return VISION if "@" in model_id or timm.is_model(name.split(".")[0]) else LANGUAGE
+
+
+def _registered() -> list[ModelSpec]:
+    return [spec for specs in MODEL_SETS.values() for spec in specs]
+
+
+def select_models(modelset: str, model_ids: list[str] | None, modality: str) -> tuple[list[ModelSpec], list[ModelSpec]]:
+    """(language, vision) models from `--models` (ids) or from the named model set."""
+    if modality not in (LANGUAGE, VISION, "all"):
+        raise PlatonicError(f"--modality must be language, vision or all, got {modality!r}")
+    wanted = [LANGUAGE, VISION] if modality == "all" else [modality]
+    if model_ids:
+        chosen = {m: [] for m in (LANGUAGE, VISION)}
+        for model_id in model_ids:
+            kind = modality if modality != "all" else guess_modality(model_id)
+            chosen[kind].append(get_model(model_id, kind))
+        return chosen[LANGUAGE], chosen[VISION]
+    return tuple(get_models(modelset, m) if m in wanted else [] for m in (LANGUAGE, VISION))  # type: ignore[return-value]
+
+
+def texts_by_level(data: PairedData, levels: list[int] | None, json_perturbations: str | None = None,
+                   text_operations: list[str] | None = None, seed: int = 0) -> dict[int | None, list[str]]:
+    """Captions for each requested level (None: the dataset's own captions, no levels)."""
+    if levels is None:
+        return {None: data.texts}
+    if json_perturbations:
+        source = file_levels(json_perturbations, len(data))
+    elif text_operations:
+        source = rule_levels(data.texts, text_operations, seed)
+    elif data.level_texts is not None:
+        source = data.level_texts
+    else:
+        raise PlatonicError(f"dataset {data.name!r} has no uniqueness levels of its own; give "
+                            "--json_perturbations FILE or --text_operations to make them")
+    return {level: source(level) for level in levels}
