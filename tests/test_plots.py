@@ -1,0 +1,242 @@
+"""plots/report on hand-made alignment results and feature files: outputs, numbers, edge cases."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import stats
+
+import plot_alignment
+from platonic.errors import PlatonicError, run_cli
+from platonic.features import feature_path, save_features
+from platonic.plots import plot_study
+from platonic.report import StudySpec, bootstrap_mean_rho, load_study, summarise
+from platonic.results import AlignmentResult, save_result
+from platonic.storage import level_dir
+
+LANGUAGE = ["org/lm-small", "org/lm-large", "org/encoder"]  # the encoder has no bits per byte
+DINO = ["vit_small_patch14_dinov2.lvd142m", "vit_base_patch14_dinov2.lvd142m",
+        "vit_large_patch14_dinov2.lvd142m"]
+USER_VISION = "acme/tiny-cnn"  # not registered: a family of its own, one model
+VISION = [*DINO, USER_VISION]
+LEVELS = [0, 30, 60, 100]
+SPEC = StudySpec("toy", "s1", "mine", metric="mutual_knn", topk=2)
+FAST_DPI = 40
+PNG_ONLY = {"dpi": FAST_DPI, "formats": ("png",)}
+
+
+def make_scores(level: int) -> np.ndarray:
+    """Falls with the level for every pair, by a pair-specific amount, plus seeded jitter."""
+    rng = np.random.default_rng(level)
+    li = np.arange(len(LANGUAGE))[:, None]
+    vi = np.arange(len(VISION))[None, :]
+    return 0.5 + 0.05 * li - 0.0008 * level * vi + 0.08 * rng.random((len(LANGUAGE), len(VISION)))
+
+
+def make_bpb(level: int, li: int, constant: bool) -> torch.Tensor:
+    base = 1.0 if constant else 1.5 - 0.3 * li + 0.001 * level
+    return torch.tensor([base - 0.1, base, base + 0.1], dtype=torch.float32)
+
+
+def write_study(root, levels=LEVELS, constant_bpb=False):
+    align, feats = str(root / "u={}_alignment"), str(root / "u={}_features")
+    for level in levels:
+        indices = [[(li % 2, -1 if vi == 0 else vi) for vi in range(len(VISION))]
+                   for li in range(len(LANGUAGE))]
+        indices[0][1] = None
+        result = AlignmentResult(SPEC.metric, SPEC.topk, LANGUAGE, VISION, make_scores(level),
+                                 indices, meta={"level": level})
+        save_result(SPEC.alignment_file(level_dir(align, level)), result)
+        for li, lm in enumerate(LANGUAGE):
+            extras = {} if lm == "org/encoder" else {"bpb": make_bpb(level, li, constant_bpb)}
+            path = feature_path(level_dir(feats, level), SPEC.dataset, SPEC.subset, lm,
+                                SPEC.pool_x, SPEC.prompt_x)
+            save_features(path, torch.randn(3, 2, 4), {"model": lm, "level": level}, extras)
+    return align, feats
+
+
+@pytest.fixture(scope="module")
+def study_dirs(tmp_path_factory):
+    return write_study(tmp_path_factory.mktemp("study"))
+
+
+@pytest.fixture(scope="module")
+def outputs(study_dirs, tmp_path_factory):
+    align, feats = study_dirs
+    return plot_study(SPEC, align, feats, tmp_path_factory.mktemp("plots"), levels=LEVELS,
+                      panel_levels=[30, 60], same_scale=True, dpi=FAST_DPI)
+
+
+def test_every_output_exists_and_is_not_empty(outputs):
+    names = {p.name for p in outputs.figures}
+    for family in ("dinov2", "tiny_cnn"):
+        for kind in ("performance", "uniqueness"):
+            assert {f"alignment_vs_{kind}_{family}.png", f"alignment_vs_{kind}_{family}.pdf"} <= names
+    assert {f"heatmap_u={lv}.{ext}" for lv in LEVELS for ext in ("png", "pdf")} <= names
+    assert len(names) == 16
+    for path in outputs.figures:
+        head = path.read_bytes()[:8]
+        assert head.startswith(b"\x89PNG" if path.suffix == ".png" else b"%PDF")
+    assert outputs.csv.stat().st_size > 0 and outputs.summary_path.stat().st_size > 0
+    assert not list(outputs.folder.glob(".*tmp"))
+    assert str(outputs.folder) in outputs.describe()
+
+
+def test_csv_matches_the_inputs(outputs):
+    table = pd.read_csv(outputs.csv)
+    assert len(table) == len(LEVELS) * len(LANGUAGE) * len(VISION)
+    for level in LEVELS:
+        scores = make_scores(level)
+        at = table[table["level"] == level]
+        for li, lm in enumerate(LANGUAGE):
+            for vi, vm in enumerate(VISION):
+                row = at[(at["language_model"] == lm) & (at["vision_model"] == vm)].iloc[0]
+                assert row["score"] == pytest.approx(scores[li, vi], abs=1e-12)
+                assert row["metric"] == "mutual_knn" and row["topk"] == 2
+                if (li, vi) == (0, 1):
+                    assert math.isnan(row["layer_language"]) and math.isnan(row["layer_vision"])
+                else:
+                    assert row["layer_language"] == li % 2
+                    assert row["layer_vision"] == (-1 if vi == 0 else vi)
+                expected_bpb = math.nan if lm == "org/encoder" else float(make_bpb(level, li, False).mean())
+                assert row["bits_per_byte"] == pytest.approx(expected_bpb, nan_ok=True)
+    dino = table[table["vision_model"].isin(DINO)]
+    assert set(dino["vision_family"]) == {"DINOv2"}
+    assert set(dino["vision_size"]) == {"small", "base", "large"}
+    assert set(table[table["vision_model"] == USER_VISION]["vision_family"]) == {"tiny-cnn"}
+
+
+def scipy_family_rho(models: list[str]) -> float:
+    """Mean over vision models of spearmanr(level, alignment averaged over language models)."""
+    vi = [VISION.index(m) for m in models]
+    per_level = np.array([make_scores(lv)[:, vi].mean(axis=0) for lv in LEVELS])
+    return float(np.mean([stats.spearmanr(LEVELS, per_level[:, k]).statistic
+                          for k in range(len(vi))]))
+
+
+def test_summary_rho_equals_scipy(outputs):
+    summary = outputs.summary
+    mean_per_level = [make_scores(lv).mean() for lv in LEVELS]
+    expected = stats.spearmanr(LEVELS, mean_per_level).statistic
+    assert summary.overall_rho == pytest.approx(expected)
+    text = outputs.summary_path.read_text()
+    assert f"**{expected:.3f}**" in text
+    families = summary.families.set_index("family")
+    assert families.loc["DINOv2", "mean_rho"] == pytest.approx(scipy_family_rho(DINO))
+    assert families.loc["tiny-cnn", "mean_rho"] == pytest.approx(scipy_family_rho([USER_VISION]))
+    assert families.loc["tiny-cnn", "n_sizes"] == 1
+    pairs = summary.pairs.set_index(["language_model", "vision_model"])
+    series = [make_scores(lv)[1, 2] for lv in LEVELS]
+    assert pairs.loc[(LANGUAGE[1], VISION[2]), "rho"] == pytest.approx(
+        stats.spearmanr(LEVELS, series).statistic)
+
+
+def test_slopes_leave_out_the_encoder_and_match_ols(outputs):
+    slopes = outputs.summary.slopes
+    row = slopes[(slopes["level"] == 30) & (slopes["vision_model"] == DINO[0])].iloc[0]
+    assert row["n_language_models"] == 2
+    perf = [-float(make_bpb(30, li, False).mean()) for li in (0, 1)]
+    expected = stats.linregress(perf, make_scores(30)[:2, 0]).slope
+    assert row["slope"] == pytest.approx(expected)
+    assert "org/encoder: no bits per byte" in outputs.summary_path.read_text()
+
+
+def test_bootstrap_is_seeded_and_ordered():
+    levels = np.array(LEVELS, dtype=float)
+    scores = np.array([[0.5, 0.4, 0.45, 0.2], [0.3, 0.2, 0.1, 0.0]])
+    first, second = bootstrap_mean_rho(levels, scores), bootstrap_mean_rho(levels, scores)
+    assert first == second
+    assert -1 <= first[0] <= first[1] <= 1
+
+
+def test_constant_bpb_gives_undefined_slopes(tmp_path):
+    levels = [0, 30, 60]
+    align, feats = write_study(tmp_path, levels=levels, constant_bpb=True)
+    out = plot_study(SPEC, align, feats, tmp_path / "plots", levels=levels, **PNG_ONLY)
+    assert out.summary.slopes["slope"].isna().all()
+    assert out.summary.families["mean_slope"].isna().all()
+    assert "| DINOv2 | 3 |" in out.summary_path.read_text()
+    assert "undefined |\n" in out.summary_path.read_text()
+
+
+def test_two_levels_give_undefined_rho(tmp_path):
+    align, feats = write_study(tmp_path, levels=[0, 100])
+    out = plot_study(SPEC, align, feats, tmp_path / "plots", levels=[0, 100], **PNG_ONLY)
+    assert math.isnan(out.overall_rho)
+    assert out.summary.families["mean_rho"].isna().all()
+    assert out.summary.pairs["rho"].isna().all()
+    text = out.summary_path.read_text()
+    assert "**undefined**, 95% bootstrap CI undefined" in text
+    assert all(p.stat().st_size > 0 for p in out.figures)
+
+
+def test_no_features_dir_skips_performance_plots(study_dirs, tmp_path):
+    align, _ = study_dirs
+    out = plot_study(SPEC, align, None, tmp_path, levels=[0, 30], **PNG_ONLY)
+    assert not [p for p in out.figures if "performance" in p.name]
+    assert "no features directory given" in out.summary_path.read_text()
+
+
+def test_missing_levels_are_listed_in_one_line(study_dirs, tmp_path, capsys):
+    align, feats = study_dirs
+    with pytest.raises(PlatonicError) as err:
+        load_study(SPEC, align, feats, levels=[0, 30, 45, 50])
+    message = str(err.value)
+    assert "2 of 4 level(s)" in message and "45 (" in message and "50 (" in message
+    assert "\n" not in message
+    argv = ["--dataset", "toy", "--subset", "s1", "--modelset", "mine", "--topk", "2",
+            "--align_dir", align, "--features_dir", feats, "--plot_dir", str(tmp_path),
+            "--levels", "0,30,45,50"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(plot_alignment.main, argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_vision_as_x_reads_the_same_study(study_dirs, tmp_path):
+    """Results stored vision x language give the same tidy rows, layers swapped back."""
+    _, feats = study_dirs
+    swapped = StudySpec("toy", "s1", "mine", modality_x="vision", pool_x="cls",
+                        modality_y="language", pool_y="avg", metric="mutual_knn", topk=2)
+    align = str(tmp_path / "u={}_alignment")
+    for level in LEVELS:
+        indices = [[(vi, li) for li in range(len(LANGUAGE))] for vi in range(len(VISION))]
+        result = AlignmentResult("mutual_knn", 2, VISION, LANGUAGE, make_scores(level).T,
+                                 indices, meta={"level": level})
+        save_result(swapped.alignment_file(level_dir(align, level)), result)
+    frame = load_study(swapped, align, feats, levels=LEVELS).frame
+    row = frame[(frame["level"] == 60) & (frame["language_model"] == LANGUAGE[1])
+                & (frame["vision_model"] == VISION[2])].iloc[0]
+    assert row["score"] == pytest.approx(make_scores(60)[1, 2])
+    assert (row["layer_language"], row["layer_vision"]) == (1, 2)
+    assert row["bits_per_byte"] == pytest.approx(float(make_bpb(60, 1, False).mean()))
+
+
+def test_bad_panel_level_and_modalities_are_errors(study_dirs):
+    align, feats = study_dirs
+    study = load_study(SPEC, align, feats, levels=LEVELS)
+    with pytest.raises(PlatonicError, match="panel level"):
+        summarise(study, [10])
+    with pytest.raises(PlatonicError, match="one language and one vision"):
+        StudySpec("toy", "s1", "mine", modality_x="vision", modality_y="vision")
+
+
+def test_cli_writes_and_prints_where(study_dirs, tmp_path, capsys, monkeypatch):
+    align, feats = study_dirs
+    monkeypatch.setattr(plot_alignment, "plot_study", partial(plot_study, **PNG_ONLY))
+    code = plot_alignment.main(["--dataset", "toy", "--subset", "s1", "--modelset", "mine",
+                                "--topk", "2", "--align_dir", align, "--features_dir", feats,
+                                "--plot_dir", str(tmp_path), "--levels", "0,30,60",
+                                "--panel_levels", "30 60", "--same_scale"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "overall Spearman rho of alignment vs uniqueness" in printed
+    folder = tmp_path / "toy" / "s1" / "mine" / (
+        "language_pool-avg_prompt-False_vision_pool-cls_prompt-False") / "mutual_knn_k2"
+    assert str(folder / "summary.md") in printed
+    assert (folder / "alignment_vs_performance_dinov2.png").stat().st_size > 0
