@@ -243,10 +243,13 @@ def _apply_rules(text: str, index: int, level: int, operations: list[str], vocab
 
 
 def parse_levels(spec: str) -> list[int]:
-    """`all` (0,10,..,100), a list `0,20,40`, or an arithmetic list written `0,10,...,100`."""
+    """`all` (0,10,..,100), a list `0,20,40`, `start:stop:step`, or `0,10,...,100`."""
     spec = spec.strip()
     if spec == "all":
         return list(ALL_LEVELS)
+    if spec.count(":") == 2:
+        start, stop, step = (int(p) if p.strip().isdigit() else -1 for p in spec.split(":"))
+        spec = ",".join(map(str, range(start, stop + 1, step))) if min(start, stop, step) >= 0 and step else "x"
     parts = [p.strip() for p in spec.split(",") if p.strip()]
     try:
         if "..." in parts:
