@@ -39,9 +39,10 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     src = p.add_argument_group("input (default: the Hub data set)")
-    src.add_argument("--dataset", default=sources.DEFAULT_DATASET)
+    src.add_argument("--dataset", default=sources.DEFAULT_DATASET, help="Hub data set")
     src.add_argument("--subset", default=sources.DEFAULT_SUBSET, help="the data set's revision")
     src.add_argument("--caption_idx", type=int, default=0, help="which of a row's captions")
     one = src.add_mutually_exclusive_group()
@@ -50,16 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--embedded", action="store_true", help="the embedded default data set")
     src.add_argument("--start", type=int, default=0, help="first row")
     src.add_argument("--num_samples", type=int, default=None, help="rows from --start (all)")
-    p.add_argument("--save_path", default="perturbed/data.json")
+    p.add_argument("--save_path", default="perturbed/data.json", help="output, published format")
     p.add_argument("--force", action="store_true", help="redo captions already done")
     api = p.add_argument_group("model and server")
-    api.add_argument("--model", default="gpt-4o-mini")
+    api.add_argument("--model", default="gpt-4o-mini", help="model name on the server")
     api.add_argument("--base_url", default=None, help="any OpenAI-compatible server "
                      "(vLLM, Ollama, llama.cpp); default OPENAI_BASE_URL or OpenAI")
-    api.add_argument("--temperature", type=float, default=None)
+    api.add_argument("--temperature", type=float, default=None, help="(server default)")
     api.add_argument("--images", action="store_true",
                      help="send each row's image too (vision-capable models only)")
-    api.add_argument("--image_detail", choices=["low", "high", "auto"], default="auto")
+    api.add_argument("--image_detail", choices=["low", "high", "auto"], default="auto",
+                     help="image resolution the model sees, with --images")
     faults = p.add_argument_group("concurrency and faults")
     faults.add_argument("--num_workers", type=_positive_int, default=10, help="requests in flight")
     faults.add_argument("--rpm", type=_positive_float, default=None, help="requests per minute")
@@ -70,14 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="retries per caption after 429, 5xx, timeouts, lost connections")
     faults.add_argument("--backoff", type=_positive_float, default=1.0,
                         help="first backoff in seconds (doubles each retry, with jitter)")
-    faults.add_argument("--max_backoff", type=_positive_float, default=60.0)
+    faults.add_argument("--max_backoff", type=_positive_float, default=60.0,
+                        help="longest backoff in seconds (a longer Retry-After is honoured)")
     faults.add_argument("--save_every", type=_positive_int, default=10,
                         help="finished captions between rewrites of --save_path")
     sim = p.add_argument_group("similarities")
     sim.add_argument("--sim_model", default=DEFAULT_MODEL, help="sentence-transformers model: "
                      "Hub id, local folder, or 'offline' (the MiniLM shipped on PyPI); the "
                      "default falls back to 'offline', with a note, when it cannot be loaded")
-    sim.add_argument("--sim_batch_size", type=_positive_int, default=64)
+    sim.add_argument("--sim_batch_size", type=_positive_int, default=64,
+                     help="sentences per embedding batch")
     sim.add_argument("--device", default=None, help="for the similarity model (default: auto)")
     p.add_argument("--dry_run", action="store_true",
                    help="print how many requests and about how many tokens the run would cost")

@@ -325,6 +325,15 @@ def test_images_are_sent_as_base64_jpeg_parts(tmp_path, encoder):
     assert len(server.requests) == 1 and image_part_is_jpeg(server.requests[0].body)
 
 
+def test_unreadable_image_is_a_one_line_error_naming_the_row(tmp_path, encoder):
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    (tmp_path / "c.jsonl").write_text(json.dumps({"text": "A red square.", "image": "bad.png"}))
+    source = sources.from_file(tmp_path / "c.jsonl", with_images=True)
+    with FakeChatServer() as server, pytest.raises(PlatonicError, match="row 0: cannot read image"):
+        generate(source, _store(tmp_path / "d.json", encoder), SECRET, server.base_url, FAST)
+    assert server.requests == []
+
+
 def test_cost_estimate_counts_only_what_is_left():
     cost = estimate_cost(_source(["a caption of some length"] * 4), done={0})
     assert (cost.requests, cost.already_done) == (3, 1)

@@ -103,9 +103,9 @@ def test_missing_key_is_one_line_and_asks_nothing(tmp_path):
 
 
 def test_unreachable_dataset_is_one_line(tmp_path):
-    result = subprocess.run([sys.executable, str(SCRIPT)], cwd=tmp_path,
-                            env=_env(OPENAI_API_KEY=SECRET), capture_output=True, text=True,
-                            timeout=120)
+    env = _env(OPENAI_API_KEY=SECRET, HF_HOME=str(tmp_path / "empty-hf-cache"))
+    result = subprocess.run([sys.executable, str(SCRIPT)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot load data set minhuh/prh")

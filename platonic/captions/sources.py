@@ -128,7 +128,14 @@ def from_file(path: str | os.PathLike, caption_idx: int = 0, start: int = 0,
     image_of = None
     if with_images:
         paths = _image_paths(path, rows, window)
-        image_of = lambda i: Image.open(paths[i])  # noqa: E731
+
+        def image_of(index: int) -> Image.Image:
+            try:
+                return Image.open(paths[index])
+            except OSError as err:
+                raise PlatonicError(f"{path}: row {index}: cannot read image {paths[index]} "
+                                    f"({err})") from None
+
     return CaptionSource(str(path), captions, image_of)
 
 
