@@ -340,6 +340,19 @@ def test_cost_estimate_counts_only_what_is_left():
     assert cost.input_tokens > 3 * 100 and cost.output_tokens > 3 * 10
 
 
+def test_default_similarity_model_falls_back_with_a_note(tmp_path, monkeypatch):
+    from platonic.captions import similarity
+
+    unreachable = str(tmp_path / "no-such-model")
+    with pytest.raises(PlatonicError, match="cannot load sentence-transformers model"):
+        similarity.load_encoder(unreachable, device="cpu")
+    monkeypatch.setattr(similarity, "DEFAULT_MODEL", unreachable)
+    notes: list[str] = []
+    fallback = similarity.load_encoder(unreachable, device="cpu", note=notes.append)
+    assert len(notes) == 1 and "offline all-MiniLM-L6-v2" in notes[0]
+    assert fallback.encode(["a cat"]).shape == (1, 384)
+
+
 def test_similarities_are_cosines_of_the_right_pairs(encoder):
     sims = level_similarities(encoder, ["a cat on a mat", "stock prices fell"],
                               [["a cat on a rug"] * 10, ["a cat on a rug"] * 10])

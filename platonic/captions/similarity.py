@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
+from platonic.captions.quiet import hub_warnings_silenced
 from platonic.errors import PlatonicError
 
 DEFAULT_MODEL = "sentence-transformers/paraphrase-MiniLM-L6-v2"
@@ -40,7 +41,8 @@ def load_encoder(name: str = DEFAULT_MODEL, device: str | None = None,
     if name == OFFLINE_MODEL:
         return SentenceTransformer(offline_model_path(), device=device)
     try:
-        return SentenceTransformer(name, device=device)
+        with hub_warnings_silenced():
+            return SentenceTransformer(name, device=device)
     except Exception as err:  # the Hub, the file system and the model code all raise their own
         if name != DEFAULT_MODEL:
             raise PlatonicError(f"cannot load sentence-transformers model {name!r}: "

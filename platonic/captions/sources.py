@@ -15,6 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from platonic.captions.quiet import hub_warnings_silenced
 from platonic.errors import PlatonicError
 
 DEFAULT_DATASET = "minhuh/prh"
@@ -58,7 +59,8 @@ def from_hub(dataset: str = DEFAULT_DATASET, subset: str | None = DEFAULT_SUBSET
 
     name = f"{dataset} ({subset})" if subset else dataset
     try:
-        rows = datasets.load_dataset(dataset, revision=subset, split="train")
+        with hub_warnings_silenced():
+            rows = datasets.load_dataset(dataset, revision=subset, split="train")
     except Exception as err:  # the Hub client raises many types; all mean "not available"
         first = (str(err).strip().splitlines() or [""])[0]
         raise PlatonicError(f"cannot load data set {name}: {type(err).__name__}: {first} "
