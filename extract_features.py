@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.pool == "cls" and args.modality != "vision":
         raise PlatonicError("--pool cls is for vision; language pooling is avg or last")
     levels = _levels(args)
+    if levels is None and "{}" in args.output_dir:
+        raise PlatonicError(f"--output_dir {args.output_dir!r} holds '{{}}' for a level: give --levels")
     dataset, subset = dataset_label(args.dataset, args.subset)
     language_specs, vision_specs = select_models(
         args.modelset, args.models.split(",") if args.models else None, args.modality)

@@ -202,9 +202,9 @@ def make_batches(lengths: list[int], batch_size: int, max_pad_ratio: float = MAX
     return batches
 
 
-def collate(token_ids: list[list[int]], pad_id: int, side: str) -> dict[str, torch.Tensor]:
-    """Pad to the batch's longest; left padding gets position ids counted from the first real token."""
-    width = max(len(ids) for ids in token_ids)
+def collate(token_ids: list[list[int]], pad_id: int, side: str, width: int | None = None) -> dict[str, torch.Tensor]:
+    """Pad to `width` (default: the batch's longest); position ids count from the first real token."""
+    width = max([*(len(ids) for ids in token_ids), width or 0])
     rows, masks = [], []
     for ids in token_ids:
         pad = [pad_id] * (width - len(ids))
@@ -257,8 +257,8 @@ def tokenize(lm: LanguageModel, texts: list[str], max_length: int | None = None)
     return encoded
 
 
-def _forward(lm: LanguageModel, token_ids: list[list[int]], pool: str):
-    batch = collate(token_ids, lm.tokenizer.pad_token_id, lm.padding_side)
+def _forward(lm: LanguageModel, token_ids: list[list[int]], pool: str, width: int | None = None):
+    batch = collate(token_ids, lm.tokenizer.pad_token_id, lm.padding_side, width)
     inputs = {k: v.to(lm.device) for k, v in batch.items()}
     if lm.padding_side == "right" or not _accepts(lm.model, "position_ids"):
         inputs.pop("position_ids")
