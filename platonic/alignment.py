@@ -88,9 +88,11 @@ class LayerKernels:
             out = torch.empty(len(self), self.n, topk, dtype=torch.long, device=self.grams.device)
             for c in range(len(self)):
                 sim = self.grams[c]
-                if exclude_self:
-                    sim = sim.clone().fill_diagonal_(float("-inf"))
-                out[c] = sim.topk(topk, dim=1).indices
+                diagonal = sim.diagonal().clone()
+                if exclude_self:  # in place, restored below: no copy of the N x N matrix
+                    sim.fill_diagonal_(float("-inf"))
+                torch.topk(sim, topk, dim=1, out=(torch.empty_like(sim[:, :topk]), out[c]))
+                sim.diagonal().copy_(diagonal)
             self._knn[key] = out
         return self._knn[key]
 
@@ -126,11 +128,18 @@ def _knn_grid(kx: LayerKernels, ky: LayerKernels, topk: int,
     return grid
 
 
+def flat_positions(knn: torch.Tensor) -> torch.Tensor:
+    """Indices of the entries (i, knn[..., i, t]) in a flattened N x N matrix."""
+    n = knn.shape[-2]
+    return knn + torch.arange(n, device=knn.device).unsqueeze(1) * n
+
+
 @register_grid("mutual_knn")
 def mutual_knn_grid(kx: LayerKernels, ky: LayerKernels, topk: int) -> np.ndarray:
+    flat_x = flat_positions(kx.knn(topk))
+
     def score(knn_x: torch.Tensor, knn_yb: torch.Tensor, b: int) -> torch.Tensor:
-        member = metrics.knn_membership(knn_yb, ky.n)
-        hits = member.expand(len(kx), -1, -1).gather(2, knn_x)
+        hits = metrics.knn_membership(knn_yb, ky.n).view(-1)[flat_x]
         return hits.flatten(1).sum(dim=1).double() / knn_yb.numel()
 
     return _knn_grid(kx, ky, topk, score)
@@ -138,10 +147,10 @@ def mutual_knn_grid(kx: LayerKernels, ky: LayerKernels, topk: int) -> np.ndarray
 
 @register_grid("cycle_knn")
 def cycle_knn_grid(kx: LayerKernels, ky: LayerKernels, topk: int) -> np.ndarray:
-    members_t = torch.stack([kx.membership(topk, a).T for a in range(len(kx))])
+    members_t = torch.stack([kx.membership(topk, a).T for a in range(len(kx))]).flatten(1)
 
     def score(knn_x: torch.Tensor, knn_yb: torch.Tensor, b: int) -> torch.Tensor:
-        back = members_t.gather(2, knn_yb.expand(len(kx), -1, -1))
+        back = members_t[:, flat_positions(knn_yb)]
         return back.any(dim=2).float().mean(dim=1)
 
     return _knn_grid(kx, ky, topk, score)
@@ -192,14 +201,24 @@ def _centred_stack(kernels: LayerKernels, unbiased: bool, kernel_metric: str,
     return out.view(len(kernels), n * n)
 
 
+def inner_products(a: torch.Tensor, b: torch.Tensor | None = None, chunk: int = 1 << 14) -> torch.Tensor:
+    """a @ b.T (or each row's squared norm when b is None) in float64, from float32 products
+    over chunks of columns: one float32 sum over N * N terms would lose about 1e-5."""
+    out = torch.zeros(a.shape[0], *(() if b is None else (b.shape[0],)), dtype=torch.float64,
+                      device=a.device)
+    for start in range(0, a.shape[1], chunk):
+        block = a[:, start:start + chunk]
+        out += (block * block).sum(dim=1) if b is None else block @ b[:, start:start + chunk].T
+    return out
+
+
 @register_grid("cka")
 def cka_grid(kx: LayerKernels, ky: LayerKernels, kernel_metric: str = "ip",
              rbf_sigma: float = 1.0, unbiased: bool = False) -> np.ndarray:
     cx = _centred_stack(kx, unbiased, kernel_metric.lower(), rbf_sigma)
     cy = _centred_stack(ky, unbiased, kernel_metric.lower(), rbf_sigma)
-    cross = (cx @ cy.T).double()
-    self_x = torch.linalg.vector_norm(cx, dim=1).double() ** 2
-    self_y = torch.linalg.vector_norm(cy, dim=1).double() ** 2
+    cross = inner_products(cx, cy)
+    self_x, self_y = inner_products(cx), inner_products(cy)
     scale = 1.0 / (kx.n * (kx.n - 3)) if unbiased else 1.0
     denom = torch.sqrt(torch.outer(self_x, self_y)) * scale + 1e-6
     return (cross * scale / denom).cpu().numpy()
