@@ -12,19 +12,11 @@
 from __future__ import annotations
 
 import argparse
-import re
 
+from platonic.data import parse_levels
 from platonic.errors import run_cli
 from platonic.plots import plot_study
 from platonic.report import DEFAULT_LEVELS, DEFAULT_PANEL_LEVELS, StudySpec
-
-
-def level_list(text: str) -> list[int]:
-    """'0,10,20' or '0 10 20' -> [0, 10, 20]."""
-    try:
-        return [int(part) for part in re.split(r"[,\s]+", text.strip()) if part]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"levels must be integers, e.g. 0,10,20: {text!r}") from err
 
 
 def topk_value(text: str) -> int | None:
@@ -57,9 +49,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--align_dir", required=True,
                         help="alignment folder template with {} for the level")
     parser.add_argument("--plot_dir", default="./plots")
-    parser.add_argument("--levels", type=level_list, default=list(DEFAULT_LEVELS),
+    parser.add_argument("--levels", type=parse_levels, default=list(DEFAULT_LEVELS),
                         help="uniqueness levels to read (default: 0,10,...,100)")
-    parser.add_argument("--panel_levels", type=level_list, default=None,
+    parser.add_argument("--panel_levels", type=parse_levels, default=None,
                         help="levels with a performance panel (default: those of "
                              f"{','.join(map(str, DEFAULT_PANEL_LEVELS))} that are plotted)")
     return parser.parse_args(argv)

@@ -18,34 +18,12 @@ from tqdm import tqdm
 
 from platonic import metrics
 from platonic.alignment import LayerKernels, best_of_grid, prepare_features, score_grid
+from platonic.data import parse_levels
 from platonic.errors import PlatonicError
 from platonic.features import load_features, read_meta, resolve_feature_file
 from platonic.models import get_models
 from platonic.results import AlignmentResult, alignment_path, load_result, save_result
 from platonic.storage import level_dir, sha256_file
-
-ALL_LEVELS = list(range(0, 101, 10))
-
-
-def parse_levels(text: str | None) -> list[int] | None:
-    """`all` (0, 10, ..., 100), a comma list `0,10,20`, or a range `0:100:10`; None = no levels."""
-    if text is None:
-        return None
-    text = text.strip()
-    try:
-        if text == "all":
-            levels = list(ALL_LEVELS)
-        elif ":" in text:
-            start, stop, *step = (int(p) for p in text.split(":"))
-            levels = list(range(start, stop + 1, step[0] if step else 10))
-        else:
-            levels = [int(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise PlatonicError(f"--levels {text!r}: use 'all', '0,10,50' or '0:100:10'") from None
-    bad = [lv for lv in levels if not 0 <= lv <= 100]
-    if not levels or bad:
-        raise PlatonicError(f"--levels {text!r}: levels must be integers in 0..100")
-    return levels
 
 
 @dataclass
@@ -75,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models_y", nargs="+", help="y models by id (default: the model set's)")
     p.add_argument("--metric", default="mutual_knn", choices=list(metrics.METRICS))
     p.add_argument("--topk", type=int, default=10)
-    p.add_argument("--levels", help="uniqueness levels: 'all', '0,10,50' or '0:100:10'; the "
-                                    "dirs then hold '{}' for the level (else a u=<level> sub-folder)")
+    p.add_argument("--levels", help="uniqueness levels: 'all', '0,50,100', '0,10,...,100' or "
+                                    "'0:100:10'; the dirs then hold '{}' for the level (else a "
+                                    "u=<level> sub-folder)")
     p.add_argument("--input_dir", default="./results/features")
     p.add_argument("--output_dir", default="./results/alignment")
     p.add_argument("--precise", action="store_true",
@@ -215,6 +194,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     x, y = side_from_args(args, "x"), side_from_args(args, "y")
     device = pick_device(args.device)
-    for level in parse_levels(args.levels) or [None]:
+    for level in parse_levels(args.levels) if args.levels else [None]:
         measure_level(args, x, y, level, device)
     return 0

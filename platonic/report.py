@@ -33,13 +33,14 @@ import pandas as pd
 from safetensors import safe_open
 from scipy import stats
 
+from platonic.data import ALL_LEVELS
 from platonic.errors import PlatonicError
 from platonic.features import load_features, resolve_feature_file
 from platonic.models import LANGUAGE, VISION, get_model
 from platonic.results import AlignmentResult, alignment_path, load_result
 from platonic.storage import level_dir, write_text
 
-DEFAULT_LEVELS: tuple[int, ...] = tuple(range(0, 101, 10))
+DEFAULT_LEVELS: tuple[int, ...] = ALL_LEVELS
 DEFAULT_PANEL_LEVELS: tuple[int, ...] = (10, 30, 50, 70, 90)
 N_BOOTSTRAP = 2000
 BOOTSTRAP_SEED = 0

@@ -232,7 +232,7 @@ def test_cli_writes_and_prints_where(study_dirs, tmp_path, capsys, monkeypatch):
     code = plot_alignment.main(["--dataset", "toy", "--subset", "s1", "--modelset", "mine",
                                 "--topk", "2", "--align_dir", align, "--features_dir", feats,
                                 "--plot_dir", str(tmp_path), "--levels", "0,30,60",
-                                "--panel_levels", "30 60", "--same_scale"])
+                                "--panel_levels", "30,60", "--same_scale"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "overall Spearman rho of alignment vs uniqueness" in printed
