@@ -1,0 +1,236 @@
+#!/usr/bin/env bash
+# The uniqueness study end to end: extract (every level, one pass) -> measure -> plot.
+# Run with --help for the settings. Each stage skips outputs that are already current, so a
+# rerun resumes where the last one stopped; Ctrl-C stops the running stage and keeps only
+# finished files.
+set -euo pipefail
+
+usage() {
+  cat <<'EOF'
+usage: bash run_platonic_unique.sh [--option VALUE ...]
+
+Extract features at every uniqueness level (one pass), measure language-vision alignment per
+level, then plot alignment against uniqueness and language performance.
+
+With no options: the offline embedded default (model set `demo` on the embedded rendered
+image-caption set, levels 0,10,...,100), on the CPU.
+
+Each option may also be given as an environment variable of the same name in capitals
+(--base_dir DIR is BASE_DIR=DIR); an option on the command line wins.
+  --base_dir DIR       where everything goes (default: results); features in
+                       DIR/u={level}_features, alignment in DIR/u={level}_alignment
+  --modelset NAME      demo (default; offline), val, test or custom (custom reads the JSON list
+                       named by $PLATONIC_CUSTOM_MODELS)
+  --dataset NAME       embedded (default), minhuh/prh, or a local imagefolder directory
+  --subset NAME        minhuh/prh: Hub revision (default wit_1024); embedded: seed<N> (default seed0)
+  --captions FILE      uniqueness captions in the published format (perturbed/data.json),
+                       passed to extract_features.py as --json_perturbations; the embedded set
+                       has levels of its own and needs none
+  --levels SPEC        'all', '0,50,100', '0:100:10' or '0,10,...,100' (default: all = 0,10,...,100)
+  --metric NAME        alignment metric (default: mutual_knn)
+  --topk K             neighbours for kNN metrics (default: 10)
+  --num_samples N      first N image-caption pairs (default: all; embedded: 512)
+  --device NAME        cpu, cuda, cuda:1 (default: cuda if available)
+  --batch_size N       captions/images per forward pass (default: 32)
+  --plot_dir DIR       figures, tidy CSV and summary.md (default: BASE_DIR/plots); they are
+                       remade when an alignment result or a plot setting changes (delete
+                       PLOT_DIR/.last_plot to force it)
+  -h, --help           this text
+
+Environment only: PYTHON, the interpreter used when .venv/bin/python (made by setup.sh) is
+absent, with the platonic package installed (default: python).
+
+The paper's setting (needs network and a GPU):
+  bash run_platonic_unique.sh --modelset val --dataset minhuh/prh --subset wit_1024 \
+      --captions perturbed/data.json --base_dir /scratch/platonic --device cuda
+EOF
+}
+
+OPTIONS=(BASE_DIR MODELSET DATASET SUBSET CAPTIONS LEVELS METRIC TOPK NUM_SAMPLES DEVICE
+  BATCH_SIZE PLOT_DIR)
+GRACE_SECONDS=20 # how long a stopped stage may take to clean up before it is killed
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+STAGE=setup
+CHILD=
+
+die() {
+  echo "error: $*" >&2
+  exit 2
+}
+
+parse_args() {
+  local name value
+  while (($#)); do
+    [[ $1 == -h || $1 == --help ]] && { usage; exit 0; }
+    name=${1#--}
+    name=${name%%=*}
+    name=${name^^}
+    name=${name//-/_}
+    [[ $1 == --* && " ${OPTIONS[*]} " == *" $name "* ]] || die "unknown option $1 (see --help)"
+    if [[ $1 == *=* ]]; then
+      value=${1#*=}
+      shift
+    else
+      (($# >= 2)) || die "$1 needs a value"
+      value=$2
+      shift 2
+    fi
+    printf -v "$name" '%s' "$value"
+  done
+}
+
+# Levels as one explicit list and the dataset's default subset, from the library's own rules.
+RESOLVE='
+import sys
+from platonic.data import dataset_label, parse_levels
+from platonic.errors import run_cli
+
+def main(argv):
+    levels, dataset, subset = argv
+    print(",".join(map(str, parse_levels(levels))), dataset_label(dataset, subset or None)[1] or "")
+
+run_cli(main, sys.argv[1:])
+'
+
+on_signal() {
+  trap '' INT TERM
+  echo "interrupted ($1) during stage '$STAGE': stopping it" >&2
+  [[ -n $CHILD ]] && stop_child
+  echo "finished outputs are kept; rerun the same command to resume" >&2
+  exit "$2"
+}
+
+# SIGINT to the stage's process group lets Python remove its temporary files; a stage that is
+# still running after GRACE_SECONDS is killed, and its temporary files are removed here.
+stop_child() {
+  kill -INT -- "-$CHILD" 2>/dev/null || return 0
+  (sleep "$GRACE_SECONDS" && kill -KILL -- "-$CHILD") 2>/dev/null &
+  local watchdog=$! rc=0
+  wait "$CHILD" 2>/dev/null || rc=$?
+  kill -KILL -- "-$watchdog" 2>/dev/null || true
+  wait "$watchdog" 2>/dev/null || true
+  if ((rc == 128 + 9)); then remove_temporary_files; fi
+}
+
+remove_temporary_files() {
+  local dirs=()
+  shopt -s nullglob
+  dirs=("$BASE_DIR"/u=*_features "$BASE_DIR"/u=*_alignment)
+  [[ -d $PLOT_DIR ]] && dirs+=("$PLOT_DIR")
+  ((${#dirs[@]})) && find "${dirs[@]}" -type f \( -name '.*.tmp' -o -name '.*.link' \) -delete
+  return 0
+}
+
+# run_stage NAME COMMAND...: run COMMAND as its own process group (job control), so that a
+# signal can stop all of it; exit with its status, naming the stage, if it fails.
+run_stage() {
+  STAGE=$1
+  shift
+  echo "== $STAGE: ${*@Q}" >&2
+  "$@" &
+  CHILD=$!
+  local rc=0
+  wait "$CHILD" || rc=$?
+  CHILD=
+  ((rc == 0)) || { echo "error: stage '$STAGE' failed (exit $rc)" >&2; exit "$rc"; }
+}
+
+extract() {
+  local args=(--modelset "$MODELSET" --dataset "$DATASET" --levels "$LEVEL_LIST"
+    --output_dir "$BASE_DIR/u={}_features" --batch_size "$BATCH_SIZE")
+  [[ -n $SUBSET ]] && args+=(--subset "$SUBSET")
+  [[ -n $CAPTIONS ]] && args+=(--json_perturbations "$CAPTIONS")
+  [[ -n $NUM_SAMPLES ]] && args+=(--num_samples "$NUM_SAMPLES")
+  [[ -n $DEVICE ]] && args+=(--device "$DEVICE")
+  run_stage extract "$PY" "$ROOT/extract_features.py" "${args[@]}"
+}
+
+measure() {
+  local args=(--modelset "$MODELSET" --dataset "$DATASET" --subset "$SUBSET"
+    --levels "$LEVEL_LIST" --metric "$METRIC" --topk "$TOPK"
+    --input_dir "$BASE_DIR/u={}_features" --output_dir "$BASE_DIR/u={}_alignment")
+  [[ -n $DEVICE ]] && args+=(--device "$DEVICE")
+  run_stage measure "$PY" "$ROOT/measure_alignment.py" "${args[@]}"
+}
+
+# The plot stage reruns only when an alignment result or a plot setting changed: the results
+# carry the fingerprints of the feature files (and so of the bits per byte the plots read).
+plot() {
+  local args=(--modelset "$MODELSET" --dataset "$DATASET" --subset "$SUBSET"
+    --levels "$LEVEL_LIST" --metric "$METRIC" --topk "$TOPK" --same_scale
+    --features_dir "$BASE_DIR/u={}_features" --align_dir "$BASE_DIR/u={}_alignment"
+    --plot_dir "$PLOT_DIR")
+  local stamp=$PLOT_DIR/.last_plot fingerprint summary
+  fingerprint=$(plot_fingerprint "${args[@]}")
+  summary=$(summary_of "$stamp")
+  if [[ -n $summary && -f $summary && $(head -n 1 "$stamp") == "$fingerprint" ]]; then
+    echo "== plot: up to date" >&2
+  else
+    run_stage plot "$PY" "$ROOT/plot_alignment.py" "${args[@]}" >"$SCRATCH"
+    STAMP_TMP=$stamp.$$
+    { echo "$fingerprint"; cat "$SCRATCH"; } >"$STAMP_TMP"
+    mv "$STAMP_TMP" "$stamp"
+  fi
+  tail -n +2 "$stamp"
+}
+
+plot_fingerprint() {
+  local level files
+  {
+    printf '%s\n' "$@"
+    for level in ${LEVEL_LIST//,/ }; do
+      mapfile -t files < <(find "$BASE_DIR/u=${level}_alignment" -name "${METRIC}_k${TOPK}.json" | sort)
+      ((${#files[@]} == 0)) || sha256sum "${files[@]}"
+    done
+  } | sha256sum | cut -d ' ' -f 1
+}
+
+summary_of() {
+  [[ -f $1 ]] && sed -n 's/^summary: //p' "$1"
+  return 0
+}
+
+report() {
+  local summary
+  summary=$(summary_of "$PLOT_DIR/.last_plot")
+  echo
+  echo "== done"
+  echo "features:         $BASE_DIR/u={level}_features"
+  echo "alignment:        $BASE_DIR/u={level}_alignment"
+  echo "plots and tables: $(dirname "$summary")"
+  echo
+  # The headline numbers of the summary: overall rho, mean alignment per level, per family.
+  sed -n '/^Overall Spearman rho/,/^## Per language model/p' "$summary" | sed '$d'
+}
+
+main() {
+  parse_args "$@"
+  BASE_DIR=${BASE_DIR:-results}
+  MODELSET=${MODELSET:-demo}
+  DATASET=${DATASET:-embedded}
+  SUBSET=${SUBSET:-}
+  CAPTIONS=${CAPTIONS:-}
+  LEVELS=${LEVELS:-all}
+  METRIC=${METRIC:-mutual_knn}
+  TOPK=${TOPK:-10}
+  NUM_SAMPLES=${NUM_SAMPLES:-}
+  DEVICE=${DEVICE:-}
+  BATCH_SIZE=${BATCH_SIZE:-32}
+  PLOT_DIR=${PLOT_DIR:-$BASE_DIR/plots}
+  SCRATCH=$(mktemp)
+  if [[ -x $ROOT/.venv/bin/python ]]; then PY=$ROOT/.venv/bin/python; else PY=${PYTHON:-python}; fi
+  [[ $MODELSET == demo && $DATASET == embedded ]] && export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
+  local resolved
+  resolved=$("$PY" -c "$RESOLVE" "$LEVELS" "$DATASET" "$SUBSET")
+  read -r LEVEL_LIST SUBSET <<<"$resolved"
+  extract
+  measure
+  plot
+  report
+}
+
+set -m # every stage in its own process group
+trap 'on_signal INT 130' INT
+trap 'on_signal TERM 143' TERM
+trap 'rm -f "${SCRATCH:-}" "${STAMP_TMP:-}"' EXIT
+main "$@"
