@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from platonic.data import parse_levels
+from platonic.data import dataset_label, parse_levels
 from platonic.errors import run_cli
 from platonic.plots import plot_study
 from platonic.report import DEFAULT_LEVELS, DEFAULT_PANEL_LEVELS, StudySpec
@@ -31,7 +31,8 @@ def topk_value(text: str) -> int | None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="minhuh/prh")
-    parser.add_argument("--subset", default="wit_1024")
+    parser.add_argument("--subset", default=None,
+                        help="default: the dataset's own (wit_1024 for minhuh/prh, seed0 for embedded)")
     parser.add_argument("--modelset", default="val")
     parser.add_argument("--modality_x", default="language")
     parser.add_argument("--pool_x", default="avg")
@@ -59,7 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    spec = StudySpec(args.dataset, args.subset, args.modelset,
+    spec = StudySpec(*dataset_label(args.dataset, args.subset), args.modelset,
                      args.modality_x, args.pool_x, args.prompt_x,
                      args.modality_y, args.pool_y, args.prompt_y, args.metric, args.topk)
     outputs = plot_study(spec, args.align_dir, args.features_dir, args.plot_dir,

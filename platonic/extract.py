@@ -210,15 +210,11 @@ def link_or_copy(source: Path, target: Path) -> None:
     """Put `source`'s file at `target` atomically: a hard link where possible, else a copy."""
     if source.resolve() == target.resolve():
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.link")
-    try:
-        temporary.unlink(missing_ok=True)
-        os.link(source, temporary)
-        os.replace(temporary, target)
-    except OSError:
-        temporary.unlink(missing_ok=True)
-        with atomic_path(target) as tmp:
+    with atomic_path(target) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
             shutil.copyfile(source, tmp)
 
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from platonic import metrics
 from platonic.alignment import LayerKernels, best_of_grid, prepare_features, score_grid
-from platonic.data import parse_levels
+from platonic.data import dataset_label, parse_levels
 from platonic.errors import PlatonicError
 from platonic.features import load_features, read_meta, resolve_feature_file
 from platonic.models import get_models
@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Alignment between every x model and every y model (best over all layer "
                     "pairs), from feature files written by extract_features.py.")
     p.add_argument("--dataset", default="minhuh/prh")
-    p.add_argument("--subset", default="wit_1024")
+    p.add_argument("--subset", default=None,
+                   help="default: the dataset's own (wit_1024 for minhuh/prh, seed0 for embedded)")
     p.add_argument("--modelset", default="val", help="model set naming the models (see platonic.models)")
     p.add_argument("--modality_x", default="language", choices=["language", "vision"])
     p.add_argument("--pool_x", default="avg")
@@ -192,6 +193,7 @@ def pick_device(name: str | None) -> torch.device:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.dataset, args.subset = dataset_label(args.dataset, args.subset)
     x, y = side_from_args(args, "x"), side_from_args(args, "y")
     device = pick_device(args.device)
     for level in parse_levels(args.levels) if args.levels else [None]:

@@ -27,9 +27,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if not tmp_path.is_symlink() and tmp_path.stat().st_nlink == 1:
+            os.chmod(tmp_path, 0o666 & ~current_umask())  # mkstemp made it private (0600)
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
