@@ -237,8 +237,10 @@ def next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor, mask: torch.T
     """Per-sample summed next-token loss (nats) over real tokens, and the number of predictions."""
     targets = input_ids[:, 1:]
     valid = (mask[:, 1:] * mask[:, :-1]).bool()
-    losses = torch.nn.functional.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2), targets, reduction="none")
+    predictions = logits[:, :-1].float()
+    losses = torch.nn.functional.cross_entropy(  # rows of [B * T, V]: far faster than [B, V, T]
+        predictions.reshape(-1, predictions.shape[-1]), targets.reshape(-1), reduction="none",
+    ).view_as(targets)
     losses = torch.where(valid, losses, torch.zeros((), dtype=losses.dtype))
     return losses.sum(dim=1), valid.sum(dim=1)
 
