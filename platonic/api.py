@@ -71,7 +71,7 @@ class Alignment:
         if missing:
             raise PlatonicError(f"{len(missing)} reference feature file(s) missing (run "
                                 f"extract_features.py first): {', '.join(missing)}")
-        self.metas = {m: _meta(p) for m, p in self.paths.items()}
+        self.metas = {m: read_meta(p) for m, p in self.paths.items()}
         self.num_samples = _common_num_samples(self.metas)
         self._kernels: dict[tuple[str, bool], LayerKernels] = {}
 
@@ -154,10 +154,6 @@ def _level_root(features_dir: str | os.PathLike, level: int | None) -> Path:
         return level_dir(features_dir, level)
     except ValueError as err:
         raise PlatonicError(f"{err}: pass level=") from err
-
-
-def _meta(path: Path) -> dict[str, Any]:
-    return read_meta(path) if path.suffix == ".safetensors" else load_features(path).meta
 
 
 def _common_num_samples(metas: dict[str, dict[str, Any]]) -> int:

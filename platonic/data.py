@@ -27,7 +27,7 @@ from typing import Any
 from PIL import Image
 
 from platonic import embedded
-from platonic.errors import PlatonicError
+from platonic.errors import PlatonicError, first_line
 from platonic.storage import sha256_of
 
 ALL_LEVELS: tuple[int, ...] = tuple(range(0, 101, 10))
@@ -71,7 +71,7 @@ def load_prh(name: str, subset: str | None, num_samples: int | None, caption_idx
         table = datasets.load_dataset(name, revision=revision, split="train")
     except Exception as err:  # the Hub client raises many types when offline or refused
         raise PlatonicError(
-            f"cannot fetch dataset {name!r} at revision {revision!r} ({_first_line(err)}); "
+            f"cannot fetch dataset {name!r} at revision {revision!r} ({first_line(err)}); "
             "without network, save it as an imagefolder (images + metadata.jsonl with a 'text' "
             "column) and pass that folder as --dataset") from err
     if num_samples is not None:
@@ -106,7 +106,7 @@ def load_imagefolder(path: str, subset: str | None, num_samples: int | None, cap
     try:
         table = datasets.load_dataset("imagefolder", data_dir=path, split="train")
     except Exception as err:  # datasets raises several types for a malformed folder
-        raise PlatonicError(f"{path}: not a readable imagefolder dataset ({_first_line(err)})") from err
+        raise PlatonicError(f"{path}: not a readable imagefolder dataset ({first_line(err)})") from err
     column = next((c for c in _CAPTION_COLUMNS if c in table.column_names), None)
     if column is None or "image" not in table.column_names:
         raise PlatonicError(f"{path}: needs images and a metadata file with a caption column "
@@ -141,10 +141,6 @@ def dataset_label(name: str, subset: str | None) -> tuple[str, str | None]:
     defaults = {"minhuh/prh": "wit_1024", embedded.NAME: "seed0"}
     return name, subset or defaults.get(name)
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 # ---- levels -----------------------------------------------------------------------------------

@@ -10,6 +10,12 @@ class PlatonicError(Exception):
     """Bad input or state the user can fix; shown as a single line, never as a traceback."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type when it has none), for one-line errors."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
     """Run a command-line `main`, printing a `PlatonicError` as one line and exiting non-zero."""
     try:

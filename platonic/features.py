@@ -98,7 +98,9 @@ def save_features(path: str | os.PathLike, feats: torch.Tensor, meta: dict[str, 
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
-    """Metadata of a safetensors feature file, from its header alone (cheap)."""
+    """Metadata of a feature file: a safetensors header alone (cheap), or an imported `.pt` file."""
+    if Path(path).suffix == ".pt":
+        return _load_legacy(Path(path), "cpu").meta
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get(META_KEY)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from platonic.errors import PlatonicError
+from platonic.errors import PlatonicError, first_line
 from platonic.models import ModelSpec
 from platonic.storage import sha256_file
 
@@ -69,10 +69,6 @@ def compute_dtype(device: str, requested: str | None = None) -> torch.dtype:
     major, _ = torch.cuda.get_device_capability(torch.device(device))
     return torch.bfloat16 if major >= 8 else torch.float16
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _source_path(spec: ModelSpec) -> str:
@@ -172,7 +168,7 @@ def load_language_model(spec: ModelSpec, device: str = "cpu", dtype: torch.dtype
             model, tokenizer = _from_pretrained(path, causal, **kwargs)
     except (OSError, ValueError) as err:
         raise PlatonicError(
-            f"cannot load language model {spec.id!r} ({_first_line(err)}); without network, "
+            f"cannot load language model {spec.id!r} ({first_line(err)}); without network, "
             "download it elsewhere and pass its local folder (or .gguf file) with --models") from err
     if "device_map" not in kwargs and "quantization_config" not in kwargs:
         model = model.to(device)

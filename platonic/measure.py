@@ -23,7 +23,7 @@ from platonic.errors import PlatonicError
 from platonic.features import load_features, read_meta, resolve_feature_file
 from platonic.models import get_models
 from platonic.results import AlignmentResult, alignment_path, load_result, save_result
-from platonic.storage import level_dir, sha256_file
+from platonic.storage import level_dir
 
 
 @dataclass
@@ -80,7 +80,7 @@ def feature_files(args: argparse.Namespace, side: Side, in_dir: Path) -> list[Pa
 
 
 def file_fingerprint(path: Path) -> str:
-    return sha256_file(path) if path.suffix == ".pt" else read_meta(path)["content_sha256"]
+    return read_meta(path)["content_sha256"]
 
 
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:
@@ -108,7 +108,7 @@ def load_kernels(path: Path, device: torch.device, precise: bool) -> LayerKernel
 
 def check_sample_counts(paths_x: list[Path], paths_y: list[Path], topk: int, uses_topk: bool) -> None:
     """Every file must hold the same number of samples, and topk must be below it."""
-    counts = {p: _num_samples(p) for p in [*paths_x, *paths_y]}
+    counts = {p: int(read_meta(p)["num_samples"]) for p in [*paths_x, *paths_y]}
     first = paths_x[0]
     for p, n in counts.items():
         if n != counts[first]:
@@ -116,12 +116,6 @@ def check_sample_counts(paths_x: list[Path], paths_y: list[Path], topk: int, use
     if uses_topk and not 1 <= topk < counts[first]:
         raise PlatonicError(f"--topk {topk} must be between 1 and N-1 = {counts[first] - 1} "
                             f"(N = {counts[first]} samples in {first})")
-
-
-def _num_samples(path: Path) -> int:
-    if path.suffix == ".pt":
-        return load_features(path).feats.shape[0]
-    return int(read_meta(path)["num_samples"])
 
 
 def measure_level(args: argparse.Namespace, x: Side, y: Side, level: int | None,

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from platonic.errors import PlatonicError
+from platonic.errors import PlatonicError, first_line
 from platonic.models import ModelSpec
 
 
@@ -36,10 +36,6 @@ class ImageFeatures:
     forward_passes: int = 0
     batch_sizes: list[int] = field(default_factory=list)
 
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _load_by_position(model: torch.nn.Module, checkpoint: Path, model_id: str) -> None:
@@ -95,7 +91,7 @@ def load_vision_model(spec: ModelSpec, device: str = "cpu", dtype: torch.dtype =
         raise
     except (OSError, RuntimeError, ValueError) as err:
         raise PlatonicError(
-            f"cannot load vision model {spec.id!r} ({_first_line(err)}); without network, pass a "
+            f"cannot load vision model {spec.id!r} ({first_line(err)}); without network, pass a "
             "local checkpoint as --models 'timm_arch@/path/to/weights.safetensors'") from err
     model = model.to(device=device, dtype=dtype).eval()
     config = timm.data.resolve_model_data_config(model)
