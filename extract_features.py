@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from platonic.data import dataset_label, load_data, parse_levels
+from platonic.devices import pick_device
 from platonic.errors import PlatonicError, run_cli
 from platonic.extract import STORAGE_DTYPES, Settings, run_extraction, select_models, texts_by_level
 from platonic.models import model_set_names
@@ -81,7 +82,6 @@ def _levels(args: argparse.Namespace) -> list[int] | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import torch
 
     if args.pool == "cls" and args.modality != "vision":
         raise PlatonicError("--pool cls is for vision; language pooling is avg or last")
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(
         output_dir=args.output_dir, dataset=dataset, subset=data.subset or subset,
         pool=args.pool if args.pool != "cls" else "avg", batch_size=args.batch_size,
-        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"), dtype=args.dtype,
+        device=str(pick_device(args.device)), dtype=args.dtype,
         force_remake=args.force_remake, qlora=args.qlora, force_download=args.force_download,
         noise_percentage=args.noise_percentage if args.image_perturbations or args.noise_percentage else 0.0)
     stats = run_extraction(language_specs, vision_specs, captions, data.images, settings)

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from platonic import metrics
 from platonic.alignment import LayerKernels, best_of_grid, prepare_features, score_grid
 from platonic.data import dataset_label, parse_levels
+from platonic.devices import pick_device
 from platonic.errors import PlatonicError
 from platonic.features import load_features, read_meta, resolve_feature_file
 from platonic.models import get_models
@@ -174,15 +175,6 @@ def measure_level(args: argparse.Namespace, x: Side, y: Side, level: int | None,
                                      meta, grids))
     print(f"wrote {out}")
     return out
-
-
-def pick_device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PlatonicError(f"--device {name}: CUDA is not available on this machine")
-    return device
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,22 @@
+"""The compute device named on a command line."""
+
+from __future__ import annotations
+
+import torch
+
+from platonic.errors import PlatonicError
+
+
+def pick_device(name: str | None) -> torch.device:
+    """`name` (cpu, cuda, cuda:1, ...) checked against this machine; None: cuda if available."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise PlatonicError(f"--device {name!r}: not a device name (cpu, cuda, cuda:1, ...)") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PlatonicError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise PlatonicError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return device
