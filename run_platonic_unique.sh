@@ -117,7 +117,7 @@ remove_temporary_files() {
   shopt -s nullglob
   dirs=("$BASE_DIR"/u=*_features "$BASE_DIR"/u=*_alignment)
   [[ -d $PLOT_DIR ]] && dirs+=("$PLOT_DIR")
-  ((${#dirs[@]})) && find "${dirs[@]}" -type f \( -name '.*.tmp' -o -name '.*.link' \) -delete
+  ((${#dirs[@]})) && find "${dirs[@]}" -type f -name '.*.tmp' -delete
   return 0
 }
 
