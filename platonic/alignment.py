@@ -12,6 +12,7 @@ oracle the tests compare against.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from functools import cached_property
 from typing import Any
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 
 from platonic import metrics
 from platonic.errors import PlatonicError
+from platonic.features import load_features
 
 GridFn = Callable[..., np.ndarray]
 GRID_METRICS: dict[str, GridFn] = {}
@@ -290,6 +292,13 @@ def svcca_grid(kx: LayerKernels, ky: LayerKernels, cca_dim: int = 10) -> np.ndar
     reduced_y = [metrics.svcca_reduce(c, cca_dim) for c in ky.candidates]
     return np.array([[metrics.svcca_from_reduced(u, v, cca_dim) for v in reduced_y]
                      for u in reduced_x])
+
+
+def load_kernels(path: str | os.PathLike, device: str | torch.device = "cpu",
+                 precise: bool = False, normalize: bool = True) -> LayerKernels:
+    """One feature file (checked on load), outliers clamped as the measure stage does, as kernels."""
+    feats = load_features(path, device=device).feats
+    return LayerKernels(prepare_features(feats, exact=precise), normalize)
 
 
 def pairwise_grid(kx: LayerKernels, ky: LayerKernels, metric: str, **kwargs: Any) -> np.ndarray:

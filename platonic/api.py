@@ -18,14 +18,19 @@ those files when they hold one.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from platonic.alignment import LayerKernels, best_of_grid, prepare_features, score_grid
+from platonic.alignment import (
+    LayerKernels,
+    best_of_grid,
+    load_kernels,
+    prepare_features,
+    score_grid,
+)
 from platonic.data import (
     dataset_label,
     file_levels,
@@ -34,7 +39,7 @@ from platonic.data import (
     texts_fingerprint,
 )
 from platonic.errors import PlatonicError
-from platonic.features import load_features, read_meta, resolve_feature_file
+from platonic.features import read_meta, resolve_feature_file
 from platonic.models import LANGUAGE, VISION, get_models
 from platonic.storage import level_dir
 
@@ -64,7 +69,7 @@ class Alignment:
         self.pool = pool or DEFAULT_POOL[modality]
         self.device, self.precise = torch.device(device), precise
         self.models = _model_ids(models, modelset, modality)
-        root = _level_root(features_dir, level)
+        root = level_dir(features_dir, level)
         self.paths = {m: resolve_feature_file(root, self.dataset, self.subset, m, self.pool)
                       for m in self.models}
         missing = [str(p) for p in self.paths.values() if not p.exists()]
@@ -109,8 +114,7 @@ class Alignment:
         """A reference model's layer kernels, built once (outliers clamped as measure does)."""
         key = (model, normalize)
         if key not in self._kernels:
-            feats = load_features(self.paths[model], device=self.device).feats
-            self._kernels[key] = LayerKernels(prepare_features(feats, exact=self.precise), normalize)
+            self._kernels[key] = load_kernels(self.paths[model], self.device, self.precise, normalize)
         return self._kernels[key]
 
     def score(self, feats: torch.Tensor | np.ndarray, metric: str = "mutual_knn",
@@ -147,13 +151,6 @@ def _model_ids(models: list[str] | None, modelset: str | None, modality: str) ->
     if not ids:
         raise PlatonicError(f"no {modality} reference models given")
     return ids
-
-
-def _level_root(features_dir: str | os.PathLike, level: int | None) -> Path:
-    try:
-        return level_dir(features_dir, level)
-    except ValueError as err:
-        raise PlatonicError(f"{err}: pass level=") from err
 
 
 def _common_num_samples(metas: dict[str, dict[str, Any]]) -> int:

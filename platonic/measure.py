@@ -17,11 +17,11 @@ import torch
 from tqdm import tqdm
 
 from platonic import metrics
-from platonic.alignment import LayerKernels, best_of_grid, prepare_features, score_grid
+from platonic.alignment import LayerKernels, best_of_grid, load_kernels, score_grid
 from platonic.data import dataset_label, parse_levels
 from platonic.devices import pick_device
 from platonic.errors import PlatonicError
-from platonic.features import load_features, read_meta, resolve_feature_file
+from platonic.features import read_meta, resolve_feature_file
 from platonic.models import get_models
 from platonic.results import AlignmentResult, alignment_path, load_result, save_result
 from platonic.storage import level_dir
@@ -100,11 +100,6 @@ def reusable_pairs(path: Path, settings: dict[str, Any], force: bool) -> dict[tu
     fps_x, fps_y = old.meta["fingerprints_x"], old.meta["fingerprints_y"]
     return {(fps_x[i], fps_y[j]): (old.scores[i, j], old.indices[i][j], old.grids.get((i, j)))
             for i in range(len(fps_x)) for j in range(len(fps_y))}
-
-
-def load_kernels(path: Path, device: torch.device, precise: bool) -> LayerKernels:
-    """Load one feature file (checked on load), remove outliers, build its layer kernels."""
-    return LayerKernels(prepare_features(load_features(path, device=device).feats, exact=precise))
 
 
 def check_sample_counts(paths_x: list[Path], paths_y: list[Path], topk: int, uses_topk: bool) -> None:

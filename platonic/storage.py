@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from platonic.errors import PlatonicError
+
 LEVEL_PLACEHOLDER = "{}"
 
 
@@ -87,7 +89,8 @@ def level_dir(template: str | os.PathLike, level: int | None) -> Path:
     template = str(template)
     if LEVEL_PLACEHOLDER in template:
         if level is None:
-            raise ValueError(f"directory template {template!r} needs a uniqueness level")
+            raise PlatonicError(f"directory template {template!r} needs a uniqueness level for "
+                                "its '{}' (--levels, or level= in the API)")
         return Path(template.replace(LEVEL_PLACEHOLDER, str(level)))
     return Path(template) if level is None else Path(template) / f"u={level}"
 
