@@ -70,6 +70,15 @@ class LayerKernels:
     def __len__(self) -> int:
         return self.grams.shape[0]
 
+    def to(self, device: str | torch.device) -> LayerKernels:
+        """The same kernels (and cached neighbour lists) on `device`, without recomputing them."""
+        moved = object.__new__(LayerKernels)
+        moved.__dict__.update(self.__dict__)
+        moved.feats, moved.grams = self.feats.to(device), self.grams.to(device)
+        moved._knn = {key: knn.to(device) for key, knn in self._knn.items()}
+        moved.__dict__.pop("candidates", None)
+        return moved
+
     def _grams(self) -> torch.Tensor:
         n, num_layers, _ = self.feats.shape
         grams = torch.empty(num_layers + 1, n, n, dtype=self.feats.dtype, device=self.feats.device)

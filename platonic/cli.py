@@ -120,3 +120,19 @@ def add_align_dir(parser: ArgumentTarget, flag: str = "--align_dir", default: st
 
 def add_device_arg(parser: ArgumentTarget, help: str = DEVICE_HELP) -> None:
     parser.add_argument("--device", default=None, help=help)
+
+
+LOCAL_RAY = "local"
+
+
+def add_ray_args(parser: ArgumentTarget) -> None:
+    """--ray [ADDRESS] (run the stage as Ray tasks), --ray_retries, --gpu_memory_gb."""
+    parser.add_argument("--ray", nargs="?", const=LOCAL_RAY, default=None, metavar="ADDRESS",
+                        help="run as Ray tasks: 'auto' joins the running cluster, an address "
+                             "(host:6379, ray://host:10001) joins that one, no value starts a "
+                             "local Ray instance on this machine")
+    parser.add_argument("--ray_retries", type=int, default=3,
+                        help="times Ray reruns a task whose worker died (default 3)")
+    parser.add_argument("--gpu_memory_gb", type=positive_float, default=None,
+                        help="memory of one cluster GPU, to size each model's GPU request "
+                             "(default: this machine's first GPU, else 80)")

@@ -375,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force_remake", action="store_true", help="remake files even when current")
     run.add_argument("--force_download", action="store_true",
                      help="ignore the de-quantised GGUF cache ($PLATONIC_CACHE) and rebuild it")
+    cli.add_ray_args(parser.add_argument_group("ray"))
     return parser
 
 
@@ -405,10 +406,16 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(
         output_dir=args.output_dir, dataset=dataset, subset=data.subset or subset,
         pool=args.pool if args.pool != "cls" else "avg", batch_size=args.batch_size,
-        device=str(pick_device(args.device)), dtype=args.dtype,
+        device=(args.device or "cpu") if args.ray else str(pick_device(args.device)), dtype=args.dtype,
         force_remake=args.force_remake, qlora=args.qlora, force_download=args.force_download,
         noise_percentage=args.noise_percentage if args.image_perturbations or args.noise_percentage else 0.0)
-    stats = run_extraction(language_specs, vision_specs, captions, data.images, settings)
+    if args.ray:
+        from platonic.distributed import extract_on_ray
+
+        stats = extract_on_ray(language_specs, vision_specs, captions, data.images, settings,
+                               args)
+    else:
+        stats = run_extraction(language_specs, vision_specs, captions, data.images, settings)
     print(f"wrote {len(stats.written)} feature files, reused {len(stats.reused)}, "
           f"model loads {dict(stats.loads)}, {stats.seconds:.1f} s")
     return 0

@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="outlier threshold from one global quantile (else the mean of per-sample ones)")
     p.add_argument("--force_remake", action="store_true")
     cli.add_device_arg(p)
+    cli.add_ray_args(p)
     return p
 
 
@@ -102,8 +103,30 @@ def check_sample_counts(paths_x: list[Path], paths_y: list[Path], topk: int, use
                             f"(N = {counts[first]} samples in {first})")
 
 
-def measure_level(args: argparse.Namespace, x: Side, y: Side, level: int | None,
-                  device: torch.device) -> Path:
+PairScore = tuple[float, Any, np.ndarray]  # score, (x layer, y layer) or None, grid [Lx+1, Ly+1]
+
+
+@dataclass
+class LevelPlan:
+    """One level's result file, its inputs, the pairs reusable from the last result and the
+    pairs still to score (x index -> y indices)."""
+
+    level: int | None
+    out: Path
+    paths_x: list[Path]
+    paths_y: list[Path]
+    fps_x: list[str]
+    fps_y: list[str]
+    settings: dict[str, Any]
+    reuse: dict[tuple[str, str], Any]
+    todo: dict[int, list[int]]
+
+    @property
+    def up_to_date(self) -> bool:
+        return not self.todo and self.out.exists()
+
+
+def plan_level(args: argparse.Namespace, x: Side, y: Side, level: int | None) -> LevelPlan:
     in_dir, out_dir = level_dir(args.input_dir, level), level_dir(args.output_dir, level)
     paths_x, paths_y = feature_files(args, x, in_dir), feature_files(args, y, in_dir)
     missing = [str(p) for p in [*paths_x, *paths_y] if not p.exists()]
@@ -116,55 +139,86 @@ def measure_level(args: argparse.Namespace, x: Side, y: Side, level: int | None,
     fps_x = [file_fingerprint(p) for p in paths_x]
     fps_y = [file_fingerprint(p) for p in paths_y]
     reuse = reusable_pairs(out, settings, args.force_remake)
-    todo = [(i, j) for i in range(len(paths_x)) for j in range(len(paths_y))
-            if (fps_x[i], fps_y[j]) not in reuse]
-    if not todo and out.exists():
-        print(f"up to date: {out}")
-        return out
-    scores = np.zeros((len(paths_x), len(paths_y)))
-    indices: list[list[Any]] = [[None] * len(paths_y) for _ in paths_x]
-    grids: dict[tuple[int, int], np.ndarray] = {}
-    for i, j in ((i, j) for i in range(len(paths_x)) for j in range(len(paths_y))):
-        if (i, j) not in todo:
-            scores[i, j], indices[i][j], grid = reuse[(fps_x[i], fps_y[j])]
-            if grid is not None:
-                grids[(i, j)] = grid
-    by_x: dict[int, list[int]] = {}
-    for i, j in todo:
-        by_x.setdefault(i, []).append(j)
+    todo: dict[int, list[int]] = {}
+    for i in range(len(paths_x)):
+        for j in range(len(paths_y)):
+            if (fps_x[i], fps_y[j]) not in reuse:
+                todo.setdefault(i, []).append(j)
+    return LevelPlan(level, out, paths_x, paths_y, fps_x, fps_y, settings, reuse, todo)
+
+
+def score_pair(kx: LayerKernels, ky: LayerKernels, metric: str, topk: int | None) -> PairScore:
+    # The original called compute_score(y, x): metric(y, x), y layers in the outer loop.
+    grid_yx = score_grid(ky, kx, metric, topk)
+    score, best = best_of_grid(grid_yx)
+    return score, None if best is None else (best[1], best[0]), grid_yx.T
+
+
+def score_locally(plan: LevelPlan, args: argparse.Namespace,
+                  device: torch.device) -> dict[tuple[int, int], PairScore]:
+    """The pairs still to score, in this process: each y model's kernels built once."""
     kernels_y: dict[int, LayerKernels] = {}
+    scored: dict[tuple[int, int], PairScore] = {}
+    level = plan.level
     desc = f"{args.metric} u={level}" if level is not None else args.metric
-    with tqdm(total=len(todo), desc=desc, unit="pair") as bar:
-        for i, js in by_x.items():
-            kx = load_kernels(paths_x[i], device, args.precise)
+    with tqdm(total=sum(map(len, plan.todo.values())), desc=desc, unit="pair") as bar:
+        for i, js in plan.todo.items():
+            kx = load_kernels(plan.paths_x[i], device, args.precise)
             for j in js:
                 if j not in kernels_y:
-                    kernels_y[j] = load_kernels(paths_y[j], device, args.precise)
-                # The original called compute_score(y, x): metric(y, x), y layers in the outer loop.
-                grid_yx = score_grid(kernels_y[j], kx, args.metric, args.topk)
-                score, best = best_of_grid(grid_yx)
-                scores[i, j], indices[i][j] = score, None if best is None else (best[1], best[0])
-                grids[(i, j)] = grid_yx.T
+                    kernels_y[j] = load_kernels(plan.paths_y[j], device, args.precise)
+                scored[(i, j)] = score_pair(kx, kernels_y[j], args.metric, args.topk)
                 bar.update()
+    return scored
+
+
+def write_level(plan: LevelPlan, args: argparse.Namespace, x: Side, y: Side,
+                scored: dict[tuple[int, int], PairScore]) -> Path:
+    """The level's result from the reused and the newly scored pairs, written atomically."""
+    scores = np.zeros((len(plan.paths_x), len(plan.paths_y)))
+    indices: list[list[Any]] = [[None] * len(plan.paths_y) for _ in plan.paths_x]
+    grids: dict[tuple[int, int], np.ndarray] = {}
+    for i in range(len(plan.paths_x)):
+        for j in range(len(plan.paths_y)):
+            pair = scored.get((i, j)) or plan.reuse[(plan.fps_x[i], plan.fps_y[j])]
+            scores[i, j], indices[i][j], grid = pair
+            if grid is not None:
+                grids[(i, j)] = grid
     meta = {
-        "dataset": args.dataset, "subset": args.subset, "modelset": args.modelset, "level": level,
-        "modality_x": x.modality, "pool_x": x.pool, "prompt_x": x.prompt,
+        "dataset": args.dataset, "subset": args.subset, "modelset": args.modelset,
+        "level": plan.level, "modality_x": x.modality, "pool_x": x.pool, "prompt_x": x.prompt,
         "modality_y": y.modality, "pool_y": y.pool, "prompt_y": y.prompt,
-        "settings": settings,
-        "feature_files_x": [str(p) for p in paths_x], "feature_files_y": [str(p) for p in paths_y],
-        "fingerprints_x": fps_x, "fingerprints_y": fps_y,
+        "settings": plan.settings,
+        "feature_files_x": [str(p) for p in plan.paths_x],
+        "feature_files_y": [str(p) for p in plan.paths_y],
+        "fingerprints_x": plan.fps_x, "fingerprints_y": plan.fps_y,
     }
-    save_result(out, AlignmentResult(args.metric, args.topk, x.models, y.models, scores, indices,
-                                     meta, grids))
-    print(f"wrote {out}")
-    return out
+    save_result(plan.out, AlignmentResult(args.metric, args.topk, x.models, y.models, scores,
+                                          indices, meta, grids))
+    print(f"wrote {plan.out}")
+    return plan.out
+
+
+def measure_level(args: argparse.Namespace, x: Side, y: Side, level: int | None,
+                  device: torch.device) -> Path:
+    plan = plan_level(args, x, y, level)
+    if plan.up_to_date:
+        print(f"up to date: {plan.out}")
+        return plan.out
+    return write_level(plan, args, x, y, score_locally(plan, args, device))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.dataset, args.subset = dataset_label(args.dataset, args.subset)
     x, y = side_from_args(args, "x"), side_from_args(args, "y")
+    levels = parse_levels(args.levels) if args.levels else [None]
+    if args.ray:
+        from platonic.distributed import measure_on_ray
+
+        measure_on_ray(args, x, y, levels)
+        return 0
     device = pick_device(args.device)
-    for level in parse_levels(args.levels) if args.levels else [None]:
+    for level in levels:
         measure_level(args, x, y, level, device)
     return 0

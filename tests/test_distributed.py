@@ -1,0 +1,233 @@
+"""The extract and measure stages through a local Ray instance give the local run's files."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ray = pytest.importorskip("ray")
+
+from platonic import distributed, extract  # noqa: E402
+from platonic.errors import PlatonicError  # noqa: E402
+from platonic.features import feature_path, load_features, save_features  # noqa: E402
+from platonic.measure import main as measure_main  # noqa: E402
+from platonic.models import LANGUAGE, VISION, ModelSpec  # noqa: E402
+from platonic.results import grids_path  # noqa: E402
+from platonic.storage import level_dir  # noqa: E402
+
+LEVELS = "0,100"
+N = 10
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def custom_models(tmp_path, monkeypatch, tiny_llama_dir):
+    models = tmp_path / "models.json"
+    models.write_text(json.dumps([
+        {"id": str(tiny_llama_dir), "modality": "language", "family": "Tiny", "size": "2l"},
+        {"id": "test_vit", "modality": "vision", "family": "Test ViT", "size": "tiny",
+         "options": {"random_init_seed": 0}}]))
+    monkeypatch.setenv("PLATONIC_CUSTOM_MODELS", str(models))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return [(str(tiny_llama_dir), "avg"), ("test_vit", "cls")]
+
+
+def extract_args(out: Path, *extra: str) -> list[str]:
+    return ["--modelset", "custom", "--dataset", "embedded", "--num_samples", str(N),
+            "--levels", LEVELS, "--output_dir", str(out / "u={}_features"), "--batch_size", "4",
+            "--device", "cpu", *extra]
+
+
+def measure_args(out: Path, *extra: str) -> list[str]:
+    return ["--modelset", "custom", "--dataset", "embedded", "--subset", "seed0",
+            "--levels", LEVELS, "--topk", "3", "--input_dir", str(out / "u={}_features"),
+            "--output_dir", str(out / "u={}_alignment"), "--device", "cpu", *extra]
+
+
+def feature_files(out: Path, models) -> dict[tuple[int, str], Path]:
+    return {(level, model): feature_path(level_dir(str(out / "u={}_features"), level), "embedded",
+                                         "seed0", model, pool)
+            for level in (0, 100) for model, pool in models}
+
+
+def assert_same_features(ours: Path, theirs: Path, models) -> None:
+    for key, path in feature_files(ours, models).items():
+        mine, local = load_features(path), load_features(feature_files(theirs, models)[key])
+        assert torch.equal(mine.feats, local.feats), key
+        assert mine.extras.keys() == local.extras.keys()
+        for name in mine.extras:
+            assert torch.equal(mine.extras[name], local.extras[name]), (key, name)
+        assert mine.meta == local.meta, key
+
+
+def alignment_files(out: Path) -> list[Path]:
+    return sorted((out).rglob("mutual_knn_k3.json"))
+
+
+def assert_same_alignment(ours: Path, theirs: Path) -> None:
+    mine, local = alignment_files(ours), alignment_files(theirs)
+    assert len(mine) == len(local) == 2
+    for a, b in zip(mine, local, strict=True):
+        ja, jb = json.loads(a.read_text()), json.loads(b.read_text())
+        assert ja["scores"] == jb["scores"] and ja["indices"] == jb["indices"]
+        ga, gb = np.load(grids_path(a)), np.load(grids_path(b))
+        assert sorted(ga.files) == sorted(gb.files)
+        for name in ga.files:
+            np.testing.assert_array_equal(ga[name], gb[name])
+
+
+def no_temporaries(root: Path) -> bool:
+    return not [p for p in root.rglob("*.tmp")]
+
+
+def test_demo_like_stages_through_ray_equal_a_local_run(tmp_path, local_ray, custom_models, capsys):
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    assert extract.main(extract_args(local)) == 0
+    assert measure_main(measure_args(local)) == 0
+    capsys.readouterr()
+    assert extract.main(extract_args(on_ray, "--ray")) == 0
+    assert "wrote 4 feature files, reused 0, model loads {" in capsys.readouterr().out
+    assert_same_features(on_ray, local, custom_models)
+    assert measure_main(measure_args(on_ray, "--ray")) == 0
+    assert_same_alignment(on_ray, local)
+    # The alignment JSON names its inputs; beside that, the contents are the local run's.
+    assert no_temporaries(on_ray)
+    assert extract.main(extract_args(on_ray, "--ray")) == 0
+    assert "wrote 0 feature files, reused 4, model loads {}" in capsys.readouterr().out
+    assert measure_main(measure_args(on_ray, "--ray")) == 0
+    assert capsys.readouterr().out.count("up to date:") == 2
+
+
+def test_one_missing_feature_file_remade_through_ray(tmp_path, local_ray, custom_models, capsys):
+    """A rerun after a lost file makes only that file, and the alignment only that level."""
+    out = tmp_path / "run"
+    extract.main(extract_args(out))
+    measure_main(measure_args(out))
+    before = {p: p.read_bytes() for p in alignment_files(out)}
+    lm, pool = custom_models[0]
+    lost = feature_files(out, [(lm, pool)])[(100, lm)]
+    kept = feature_files(out, [(lm, pool)])[(0, lm)]
+    kept_bytes, lost_bytes = kept.read_bytes(), lost.read_bytes()
+    lost.unlink()
+    capsys.readouterr()
+    assert extract.main(extract_args(out, "--ray")) == 0
+    assert "wrote 1 feature files, reused 3" in capsys.readouterr().out
+    assert lost.read_bytes() == lost_bytes and kept.read_bytes() == kept_bytes
+    assert measure_main(measure_args(out, "--ray")) == 0
+    assert {p: p.read_bytes() for p in alignment_files(out)} == before
+
+
+def _die_once_mid_write(marker: str, real_path: str):
+    """A language model `source`: on the first attempt (no marker yet), makes the worker write
+    half of its second feature file and then die; afterwards, the real model folder."""
+    if not os.path.exists(marker):
+        Path(marker).write_text("died once")
+        from platonic import extract as worker_extract
+        from platonic.storage import atomic_path
+
+        real_save = worker_extract.save_features
+        calls = []
+
+        def save_then_die(path, feats, meta, extras=None):
+            calls.append(path)
+            if len(calls) == 1:
+                return real_save(path, feats, meta, extras)
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(b"\x00" * 100)
+                os._exit(1)
+
+        worker_extract.save_features = save_then_die
+    return real_path
+
+
+def test_worker_killed_mid_write_is_retried_and_leaves_whole_equal_files(
+        tmp_path, local_ray, tiny_llama_dir):
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    marker = tmp_path / "died"
+    lm = ModelSpec(str(tiny_llama_dir), LANGUAGE, "Tiny", "2l", options={
+        "source": lambda: _die_once_mid_write(str(marker), str(tiny_llama_dir))})
+    vit = ModelSpec("test_vit", VISION, "Test ViT", "tiny", options={"random_init_seed": 0})
+    from platonic.data import load_data
+
+    data = load_data("embedded", "seed0", N)
+    captions = extract.texts_by_level(data, [0, 100])
+    settings = {"dataset": "embedded", "subset": "seed0", "batch_size": 4, "device": "cpu"}
+    plain_lm = ModelSpec(str(tiny_llama_dir), LANGUAGE, "Tiny", "2l")
+    local = extract.run_extraction([plain_lm], [vit], captions, data.images,
+                                   extract.Settings(str(tmp_path / "local/u={}"), **settings))
+    assert len(local.written) == 4
+    args = distributed_args(retries=2)
+    stats = distributed.extract_on_ray([lm], [vit], captions, data.images,
+                                       extract.Settings(str(tmp_path / "ray/u={}"), **settings),
+                                       args)
+    assert marker.exists(), "the first attempt did not run"
+    # The dead attempt had written level 0 whole: the retry reused it and wrote the rest.
+    first = feature_path(tmp_path / "ray/u=0", "embedded", "seed0", str(tiny_llama_dir), "avg")
+    assert stats.reused == [first]
+    assert sorted(map(str, stats.written + stats.reused)) == sorted(
+        str(p).replace("/local/", "/ray/") for p in local.written)
+    models = [(str(tiny_llama_dir), "avg"), ("test_vit", "cls")]
+    for level in (0, 100):
+        for model, pool in models:
+            ours = load_features(feature_path(tmp_path / f"ray/u={level}", "embedded", "seed0", model, pool))
+            theirs = load_features(feature_path(tmp_path / f"local/u={level}", "embedded", "seed0", model, pool))
+            assert torch.equal(ours.feats, theirs.feats) and ours.meta == theirs.meta
+    assert no_temporaries(tmp_path / "ray")
+
+
+def distributed_args(retries: int = 3, device: str | None = "cpu"):
+    import argparse
+
+    return argparse.Namespace(ray="local", ray_retries=retries, gpu_memory_gb=None, device=device)
+
+
+def test_a_failed_task_is_named_and_the_stage_fails(tmp_path, local_ray, custom_models, capsys):
+    out = tmp_path / "run"
+    extract.main(extract_args(out))
+    lm = custom_models[0][0]
+    bad = feature_files(out, [(lm, "avg")])[(100, lm)]
+    ff = load_features(bad)
+    ff.feats[3, 1, 0] = float("nan")  # caught when the task loads the file, not when planning
+    save_features(bad, ff.feats, ff.meta, ff.extras)
+    with pytest.raises(PlatonicError) as err:
+        measure_main(measure_args(out, "--ray"))
+    message = str(err.value)
+    assert message.startswith("1 of 2 Ray task(s) failed after retries: model ")
+    assert f"model {lm} (level 100): {bad}" in message and "layer(s) [1]" in message
+    assert "\n" not in message
+    # The level whose task succeeded is written; the failed one is not.
+    assert [p.relative_to(out).parts[0] for p in alignment_files(out)] == ["u=0_alignment"]
+
+
+@pytest.mark.parametrize("params, dtype, qlora, memory, expected", [
+    (65e9, "bfloat16", False, 80, 2),   # 65e9 x 2 B x 1.2 = 156 GB over 80 GiB = 85.9 GB: 1.8
+    (7e9, "bfloat16", False, 80, 1),    # 16.8 GB: 0.2
+    (30e9, "float32", False, 80, 2),    # 144 GB: 1.7
+    (70e9, "bfloat16", False, 40, 4),   # 168 GB over 40 GiB = 42.9 GB: 3.9
+    (65e9, "bfloat16", True, 40, 1),    # 4 bit: 39 GB: 0.9
+])
+def test_gpu_request_from_parameters_and_dtype(params, dtype, qlora, memory, expected):
+    settings = extract.Settings("out", "embedded", "seed0", dtype=dtype, qlora=qlora)
+    spec = ModelSpec("m", LANGUAGE, "F", "x", params / 1e9)
+    assert distributed.model_gpus(spec, settings, memory) == expected
+
+
+def test_registry_sizes_are_known():
+    from platonic.models import MODEL_SETS
+
+    for spec in MODEL_SETS["val"] + MODEL_SETS["test"]:
+        assert distributed.estimated_params(spec) is not None, spec.id
