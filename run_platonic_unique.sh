@@ -35,6 +35,9 @@ Each option may also be given as an environment variable of the same name in cap
   --plot_dir DIR       figures, tidy CSV and summary.md (default: BASE_DIR/plots); they are
                        remade when an alignment result or a plot setting changes (delete
                        PLOT_DIR/.last_plot to force it)
+  --ray [ADDRESS]      run extract and measure as Ray tasks: 'auto' joins the running cluster
+                       (after `ray start`), host:port joins that one, no value starts a local
+                       Ray instance; see README "Running on a Ray cluster"
   -h, --help           this text
 
 Environment only: PYTHON, the interpreter used when .venv/bin/python (made by setup.sh) is
@@ -43,11 +46,15 @@ absent, with the platonic package installed (default: python).
 The paper's setting (needs network and a GPU):
   bash run_platonic_unique.sh --modelset val --dataset minhuh/prh --subset wit_1024 \
       --captions perturbed/data.json --base_dir /scratch/platonic --device cuda
+On a Ray cluster (every node with this repository and its .venv at the same path):
+  bash run_platonic_unique.sh --modelset val --dataset minhuh/prh --subset wit_1024 \
+      --captions perturbed/data.json --base_dir /shared/platonic --ray auto
 EOF
 }
 
 OPTIONS=(BASE_DIR MODELSET DATASET SUBSET CAPTIONS LEVELS METRIC TOPK NUM_SAMPLES DEVICE
-  BATCH_SIZE PLOT_DIR)
+  BATCH_SIZE PLOT_DIR RAY)
+LOCAL_RAY=local # --ray without a value: what `--ray` alone means to the Python stages
 GRACE_SECONDS=20 # how long a stopped stage may take to clean up before it is killed
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 STAGE=setup
@@ -69,6 +76,9 @@ parse_args() {
     [[ $1 == --* && " ${OPTIONS[*]} " == *" $name "* ]] || die "unknown option $1 (see --help)"
     if [[ $1 == *=* ]]; then
       value=${1#*=}
+      shift
+    elif [[ $name == RAY && ($# -lt 2 || $2 == -*) ]]; then
+      value=$LOCAL_RAY
       shift
     else
       (($# >= 2)) || die "$1 needs a value"
@@ -143,6 +153,7 @@ extract() {
   [[ -n $CAPTIONS ]] && args+=(--json_perturbations "$CAPTIONS")
   [[ -n $NUM_SAMPLES ]] && args+=(--num_samples "$NUM_SAMPLES")
   [[ -n $DEVICE ]] && args+=(--device "$DEVICE")
+  [[ -n $RAY ]] && args+=(--ray "$RAY")
   run_stage extract "$PY" "$ROOT/extract_features.py" "${args[@]}"
 }
 
@@ -151,6 +162,7 @@ measure() {
     --levels "$LEVEL_LIST" --metric "$METRIC" --topk "$TOPK"
     --input_dir "$BASE_DIR/u={}_features" --output_dir "$BASE_DIR/u={}_alignment")
   [[ -n $DEVICE ]] && args+=(--device "$DEVICE")
+  [[ -n $RAY ]] && args+=(--ray "$RAY")
   run_stage measure "$PY" "$ROOT/measure_alignment.py" "${args[@]}"
 }
 
@@ -217,6 +229,7 @@ main() {
   NUM_SAMPLES=${NUM_SAMPLES:-}
   DEVICE=${DEVICE:-}
   BATCH_SIZE=${BATCH_SIZE:-32}
+  RAY=${RAY:-}
   PLOT_DIR=${PLOT_DIR:-$BASE_DIR/plots}
   SCRATCH=$(mktemp)
   if [[ -x $ROOT/.venv/bin/python ]]; then PY=$ROOT/.venv/bin/python; else PY=${PYTHON:-python}; fi

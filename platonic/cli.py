@@ -6,8 +6,8 @@ parser is built from these functions plus the flags only it has. The flag names 
 the original scripts'; where one folder goes by different names in different scripts, each
 keeps its own and also accepts the common one (`--features_dir`, `--align_dir`).
 
-A new command line takes its shared flags from here; a new shared group (for instance `--ray`
-for distributed runs) is one more `add_*` function here, so every script spells it the same.
+A new command line takes its shared flags from here; a new shared group (as `add_ray_args`,
+for runs as Ray tasks) is one more `add_*` function here, so every script spells it the same.
 """
 
 from __future__ import annotations

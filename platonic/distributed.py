@@ -321,6 +321,14 @@ class LevelResult:
 def measure_on_ray(args: argparse.Namespace, x: Side, y: Side, levels: list[int | None]) -> None:
     """Every level's `measure_level` as Ray tasks, one per (level, x model) still to score."""
     plans = [plan_level(args, x, y, level) for level in levels]
+    for plan in plans:
+        if plan.up_to_date:
+            print(f"up to date: {plan.out}")
+        elif not plan.todo:
+            write_level(plan, args, x, y, {})
+    plans = [plan for plan in plans if plan.todo]
+    if not plans:
+        return
     with ray_session(args.ray):
         gpus = 1 if args.device != "cpu" and max(cluster_gpus(), default=0) > 0 else 0
         kernel_refs: dict[str, Any] = {}
@@ -334,12 +342,6 @@ def measure_on_ray(args: argparse.Namespace, x: Side, y: Side, levels: list[int 
 
         tasks = []
         for plan in plans:
-            if plan.up_to_date:
-                print(f"up to date: {plan.out}")
-                continue
-            if not plan.todo:
-                write_level(plan, args, x, y, {})
-                continue
             level = LevelResult(plan, args, x, y)
             for i, js in plan.todo.items():
                 refs = [(j, kernels_ref(plan.paths_y[j], plan.fps_y[j])) for j in js]

@@ -124,6 +124,21 @@ def test_second_run_redoes_nothing(full_run, driver_env):
     assert _files(base) == before
 
 
+def test_rerun_through_ray_redoes_nothing(full_run, driver_env):
+    """`--ray` alone (a local Ray instance) reaches both stages, which see the local run's files
+    as finished: Ray tasks and a local run share one notion of done."""
+    base, _, _ = full_run
+    before = _files(base)
+    proc = subprocess.run(["bash", str(ROOT / "run_platonic_unique.sh"), "--base_dir", str(base),
+                           "--ray"], env=driver_env, cwd=base.parent, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("'--ray' 'local'") == 2
+    assert "wrote 0 feature files" in proc.stdout and "model loads {}" in proc.stdout
+    assert proc.stdout.count("up to date: ") == len(LEVELS)
+    assert _files(base) == before
+
+
 def test_failing_stage_is_named(full_run, driver_env):
     proc = subprocess.run(["bash", str(ROOT / "run_platonic_unique.sh"), "--base_dir",
                            str(full_run[0]), "--metric", "no_such_metric"],
