@@ -139,7 +139,7 @@ def plan(args: argparse.Namespace, lm_rate: float, vm_rate: float, paper_pair_se
     jobs = sorted([(h, 1) for h in vm_hours.values()] +
                   [(h, gpus_for(estimated_params(language[m]), 2.0, 80)) for m, h in lm_hours.items()], reverse=True)
     print(f"  extraction wall time on {args.gpus} GPUs (one task per model, largest first, a "
-          f"k-GPU task at k x the speed): {schedule(jobs, args.gpus) * 60:.1f} min; "
+          f"k-GPU task holding its k GPUs): {schedule(jobs, args.gpus) * 60:.1f} min; "
           f"load time of the weights not included")
     # Alignment: one task per (level, language model) against every ViT; its time scales with
     # the candidate layer pairs and (conservatively) with N^2, from the rate measured here.
@@ -153,13 +153,14 @@ def plan(args: argparse.Namespace, lm_rate: float, vm_rate: float, paper_pair_se
 
 
 def schedule(jobs: list[tuple[float, int]], gpus: int) -> float:
-    """Makespan of list scheduling: each job starts when its k GPUs are the k earliest free."""
+    """Makespan of list scheduling: each job starts when its k GPUs are the k earliest free and
+    holds them for its whole time (device_map="auto" runs the layers one GPU after the other)."""
     free = [0.0] * gpus
     for hours, k in jobs:
         free.sort()
         start = free[k - 1]
         for g in range(k):
-            free[g] = start + hours / k
+            free[g] = start + hours
     return max(free)
 
 
