@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -63,11 +64,34 @@ def test_embedded_dataset_by_name():
 def test_parse_levels():
     assert parse_levels("all") == list(range(0, 101, 10))
     assert parse_levels("0,10,...,50") == [0, 10, 20, 30, 40, 50]
+    assert parse_levels(" 0, 10, ..., 100 ") == list(range(0, 101, 10))
+    assert parse_levels("0,5,10,20,...,100") == [0, 5, *range(10, 101, 10)]
+    assert parse_levels("0,10,...,50,75") == [0, 10, 20, 30, 40, 50, 75]
     assert parse_levels("100, 0,50") == [0, 50, 100]
     assert parse_levels("0:100:50") == [0, 50, 100]
+    assert parse_levels("30") == [30]
     for bad in ("0,x", "101", "", "0:100:0"):
         with pytest.raises(PlatonicError, match="--levels"):
             parse_levels(bad)
+
+
+@pytest.mark.parametrize("spec, why", [
+    ("0,...,100", "'...' goes once, after two levels"),
+    ("0,10,...,95", "95 is not reached from 10 in steps of 10"),
+    ("0:95:10", "95 is not reached from 0 in steps of 10"),
+    ("50,40,...,0", "positive step"),
+    ("100:0:10", "0 is not reached from 100"),
+    ("0,10,...", "before the last level"),
+    ("0,10,...,50,...,100", "'...' goes once"),
+    ("0:100", "start:stop:step"),
+    ("0:100:-10", "positive step, got -10"),
+    ("0:1o0:10", "'1o0' is not an integer"),
+])
+def test_ranges_need_a_step_whose_end_lies_on_it(spec, why):
+    """A range that cannot be read as written is an error, never silently shortened."""
+    with pytest.raises(PlatonicError, match=re.escape(why)) as caught:
+        parse_levels(spec)
+    assert str(caught.value).startswith(f"--levels {spec!r}: ") and "\n" not in str(caught.value)
 
 
 def _write_caption_file(path, entries):
