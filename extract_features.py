@@ -34,7 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "'0,10,...,100'; without it (and without --text_percentage_perturbation) "
                            "the plain captions are used and --output_dir holds no level")
     data.add_argument("--json_perturbations", default=None,
-                      help="caption file in the published format ('Caption k - P%%' per 'Index - i')")
+                      help="caption file in the published format ('Caption k - P%%' per 'Index - i'); "
+                           "each sample's 'Caption 0 - 0%%' must be the dataset's caption")
+    data.add_argument("--allow_caption_mismatch", action="store_true",
+                      help="use a --json_perturbations file whose level-0 captions differ from the "
+                           "dataset's (matched by index only)")
     data.add_argument("--text_percentage_perturbation", type=int, default=None,
                       help="a single level (the original's flag); same as --levels P")
     data.add_argument("--text_operations", default=None,
@@ -93,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         args.modelset, args.models.split(",") if args.models else None, args.modality)
     data = load_data(args.dataset, subset, args.num_samples, args.caption_idx)
     operations = args.text_operations.split(",") if args.text_operations else None
-    captions = texts_by_level(data, levels, args.json_perturbations, operations)
+    captions = texts_by_level(data, levels, args.json_perturbations, operations,
+                              allow_caption_mismatch=args.allow_caption_mismatch)
     settings = Settings(
         output_dir=args.output_dir, dataset=dataset, subset=data.subset or subset,
         pool=args.pool if args.pool != "cls" else "avg", batch_size=args.batch_size,

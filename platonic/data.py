@@ -9,7 +9,8 @@ Datasets (one registry, `DATASETS`; a local folder is recognised by being a dire
                 a string or a list indexed by `--caption_idx`).
 
 Uniqueness levels come from, in order of precedence: a caption file in the published format
-(`--json_perturbations`, matched to images by index), rule-based word operations
+(`--json_perturbations`, matched to images by index and checked by each row's level-0 caption),
+rule-based word operations
 (`--text_operations`, the level is the percentage of words touched), or the dataset's own rules
 (the embedded set).
 """
@@ -175,28 +176,56 @@ def _levels_of(path: Path, key: str, sentences: dict) -> dict[int, str]:
     levels = {}
     for name, text in sentences.items():
         match = _LEVEL_KEY.search(name)
-        if match is None or not isinstance(text, str):
+        if match is None:
             raise PlatonicError(f"{path}: {key}: unexpected caption key {name!r}")
+        if not isinstance(text, str):
+            raise PlatonicError(f"{path}: {key}: caption {name!r} is not a string "
+                                f"(got {type(text).__name__} {text!r:.60})")
         levels[int(match.group(1))] = text
     return levels
 
 
-def file_levels(path: str | Path, num_samples: int) -> Callable[[int], list[str]]:
-    """Captions at a level from a published-format file, matched to samples 0..num_samples-1."""
+def file_levels(path: str | Path, texts: list[str],
+                allow_mismatch: bool = False) -> Callable[[int], list[str]]:
+    """Captions at a level from a published-format file, matched by index to the dataset `texts`.
+
+    The file must cover every sample, and each sample's level-0 caption must be the dataset's own
+    (white space aside): a file made for other data, another --caption_idx or another order is
+    refused, naming the first index that differs, unless `allow_mismatch`.
+    """
     table = read_perturbations(path)
+    missing = next((i for i in range(len(texts)) if i not in table), None)
+    if missing is not None:
+        raise PlatonicError(f"{path}: no captions for sample index {missing}")
+    if not allow_mismatch:
+        _check_level0(path, table, texts)
 
     def level_texts(level: int) -> list[str]:
-        texts = []
-        for index in range(num_samples):
-            if index not in table:
-                raise PlatonicError(f"{path}: no captions for sample index {index}")
-            if level not in table[index]:
-                raise PlatonicError(f"{path}: sample index {index} has no caption at level {level}% "
-                                    f"(levels: {sorted(table[index])})")
-            texts.append(table[index][level])
-        return texts
+        absent = next((i for i in range(len(texts)) if level not in table[i]), None)
+        if absent is not None:
+            raise PlatonicError(f"{path}: sample index {absent} has no caption at level {level}% "
+                                f"(levels: {sorted(table[absent])})")
+        return [table[i][level] for i in range(len(texts))]
 
     return level_texts
+
+
+def _same_words(a: str, b: str) -> bool:
+    return a.split() == b.split()
+
+
+def _check_level0(path: str | Path, table: dict[int, dict[int, str]], texts: list[str]) -> None:
+    for index, text in enumerate(texts):
+        level0 = table[index].get(0)
+        if level0 is None:
+            raise PlatonicError(f"{path}: sample index {index} has no level-0 caption to match "
+                                "against the dataset's; pass --allow_caption_mismatch to use it "
+                                "anyway")
+        if not _same_words(level0, text):
+            raise PlatonicError(
+                f"{path}: sample index {index}: the file's level-0 caption {level0[:60]!r} is not "
+                f"the dataset's {text[:60]!r}, so the file was made for other data (or another "
+                "--caption_idx); pass --allow_caption_mismatch to use it anyway")
 
 
 TEXT_OPERATIONS = ("shuffle", "delete", "replace")

@@ -304,12 +304,16 @@ def select_models(modelset: str, model_ids: list[str] | None, modality: str) -> 
 
 
 def texts_by_level(data: PairedData, levels: list[int] | None, json_perturbations: str | None = None,
-                   text_operations: list[str] | None = None, seed: int = 0) -> dict[int | None, list[str]]:
-    """Captions for each requested level (None: the dataset's own captions, no levels)."""
+                   text_operations: list[str] | None = None, seed: int = 0,
+                   allow_caption_mismatch: bool = False) -> dict[int | None, list[str]]:
+    """Captions for each requested level (None: the dataset's own captions, no levels).
+
+    A caption file must match the dataset at level 0 unless `allow_caption_mismatch`.
+    """
     if levels is None:
         return {None: data.texts}
     if json_perturbations:
-        source = file_levels(json_perturbations, len(data))
+        source = file_levels(json_perturbations, data.texts, allow_caption_mismatch)
     elif text_operations:
         source = rule_levels(data.texts, text_operations, seed)
     elif data.level_texts is not None:

@@ -18,6 +18,7 @@ from platonic.data import (
     rule_levels,
 )
 from platonic.errors import PlatonicError
+from platonic.extract import texts_by_level
 
 PUBLISHED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "perturbed_data.json"
 
@@ -103,14 +104,70 @@ def _write_caption_file(path, entries):
 
 def test_caption_file_levels_and_errors(tmp_path):
     path = _write_caption_file(tmp_path / "c.json", [(0, [0, 10, 100]), (1, [0, 10])])
-    assert file_levels(path, 2)(10) == ["0@10", "1@10"]
+    texts = ["0@0", "1@0"]
+    assert file_levels(path, texts)(10) == ["0@10", "1@10"]
     with pytest.raises(PlatonicError, match="sample index 1 has no caption at level 100"):
-        file_levels(path, 2)(100)
+        file_levels(path, texts)(100)
     with pytest.raises(PlatonicError, match="no captions for sample index 2"):
-        file_levels(path, 3)(0)
+        file_levels(path, [*texts, "2@0"])
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(PlatonicError, match="bad.json"):
         read_perturbations(tmp_path / "bad.json")
+
+
+def test_caption_value_that_is_not_a_string_is_named_as_such(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps([{"Index - 0": {"sentences": {"Caption 0 - 0%": "a",
+                                                            "Caption 1 - 10%": 7}}}]))
+    with pytest.raises(PlatonicError) as caught:
+        read_perturbations(path)
+    assert str(caught.value) == f"{path}: Index - 0: caption 'Caption 1 - 10%' is not a string (got int 7)"
+
+
+def test_caption_file_for_other_data_is_refused_at_the_first_mismatch(tmp_path):
+    path = _write_caption_file(tmp_path / "c.json", [(i, [0, 50]) for i in range(4)])
+    with pytest.raises(PlatonicError, match="sample index 2: the file's level-0 caption '2@0' is "
+                                            "not the dataset's 'other caption'") as caught:
+        file_levels(path, ["0@0", "1@0", "other caption", "also other"])
+    assert "--allow_caption_mismatch" in str(caught.value) and "\n" not in str(caught.value)
+    assert file_levels(path, ["0@0", " 1@0\n", "x", "y"], allow_mismatch=True)(50)[3] == "3@50"
+    assert file_levels(path, ["0@0", " 1@0\n", "2@0", "3@0"])(50) == ["0@50", "1@50", "2@50", "3@50"]
+    no_level0 = _write_caption_file(tmp_path / "d.json", [(0, [50])])
+    with pytest.raises(PlatonicError, match="sample index 0 has no level-0 caption"):
+        file_levels(no_level0, ["0@0"])
+
+
+def _caption_file_of(path, originals):
+    """A published-format file whose level-0 captions are `originals` (as create_dataset writes)."""
+    from platonic.captions import published
+
+    published.write(path, {i: published.CaptionEntry(i, text, tuple(f"{i}:{k}" for k in range(1, 11)),
+                                                     (0.5,) * 10) for i, text in enumerate(originals)})
+    return path
+
+
+def test_embedded_caption_file_is_matched_and_another_seeds_refused(tmp_path):
+    data = load_data("embedded", None, 5)
+    own = _caption_file_of(tmp_path / "own.json", embedded.captions(5))
+    assert texts_by_level(data, [0, 100], str(own))[100][4] == "4:10"
+    other = _caption_file_of(tmp_path / "other.json", embedded.captions(5, seed=1))
+    with pytest.raises(PlatonicError, match="sample index 0: the file's level-0 caption"):
+        texts_by_level(data, [0, 100], str(other))
+    assert texts_by_level(data, [100], str(other), allow_caption_mismatch=True)[100][0] == "0:10"
+
+
+def test_extract_cli_refuses_a_mismatched_caption_file_unless_allowed(tmp_path):
+    import extract_features
+
+    other = _caption_file_of(tmp_path / "other.json", embedded.captions(2, seed=1))
+    args = ["--dataset", "embedded", "--num_samples", "2", "--modality", "language", "--models",
+            str(tmp_path / "no-such-model"), "--json_perturbations", str(other), "--levels", "0,100",
+            "--output_dir", str(tmp_path / "out"), "--device", "cpu"]
+    with pytest.raises(PlatonicError, match="sample index 0: the file's level-0 caption"):
+        extract_features.main(args)
+    with pytest.raises(PlatonicError) as caught:  # past the captions, on to the (missing) model
+        extract_features.main([*args, "--allow_caption_mismatch"])
+    assert "level-0 caption" not in str(caught.value) and "no-such-model" in str(caught.value)
 
 
 @pytest.mark.skipif(not PUBLISHED.exists(), reason="needs ../shared/reference/perturbed_data.json")
@@ -118,7 +175,12 @@ def test_published_caption_file_parses_to_1024_by_11():
     table = read_perturbations(PUBLISHED)
     assert sorted(table) == list(range(1024))
     assert all(sorted(levels) == list(range(0, 101, 10)) for levels in table.values())
-    assert len(file_levels(PUBLISHED, 1024)(50)) == 1024
+    originals = [table[i][0] for i in range(1024)]  # minhuh/prh wit_1024 text[0], as published
+    assert len(file_levels(PUBLISHED, originals)(50)) == 1024
+    assert sum("\n" in t for t in originals) > 0  # white space alone is not a mismatch:
+    assert len(file_levels(PUBLISHED, [" ".join(t.split()) for t in originals])(50)) == 1024
+    with pytest.raises(PlatonicError, match="sample index 0: "):
+        file_levels(PUBLISHED, originals[1:] + originals[:1])
 
 
 def test_rule_levels_are_seeded_and_level_zero_is_identity():
