@@ -10,9 +10,8 @@ Datasets (one registry, `DATASETS`; a local folder is recognised by being a dire
 
 Uniqueness levels come from, in order of precedence: a caption file in the published format
 (`--json_perturbations`, matched to images by index and checked by each row's level-0 caption),
-rule-based word operations
-(`--text_operations`, the level is the percentage of words touched), or the dataset's own rules
-(the embedded set).
+rule-based word operations (`--text_operations`, the level is the percentage of words touched),
+or the dataset's own rules (the embedded set).
 """
 
 from __future__ import annotations
