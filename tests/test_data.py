@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -42,6 +43,22 @@ def test_embedded_levels_are_faithful_nested_and_disjoint_at_100():
             assert changed_before[i] <= changed  # nested: once replaced, always replaced
             changed_before[i] = changed
     assert all(len(c) == len(embedded.ATTRIBUTES) for c in changed_before)  # level 100: nothing shared
+
+
+def test_embedded_replacement_rate_is_the_level_at_every_level():
+    """The documented rule: at level u each attribute is replaced with probability u/100.
+
+    Checked per attribute at intermediate levels, within 5 binomial standard deviations.
+    """
+    num = 2000
+    scenes = embedded.scenes(num)
+    for level in (10, 25, 50, 70, 90):
+        told = [embedded.perturb(scene, i, level) for i, scene in enumerate(scenes)]
+        p = level / 100
+        tolerance = 5 * math.sqrt(num * p * (1 - p))
+        for attribute in embedded.ATTRIBUTES:
+            replaced = sum(getattr(t, attribute) != getattr(s, attribute) for t, s in zip(told, scenes))
+            assert abs(replaced - num * p) < tolerance, (level, attribute, replaced / num)
 
 
 def test_embedded_caption_states_the_rendered_attributes():
