@@ -116,6 +116,11 @@ def test_read_names_the_bad_entry(tmp_path):
     path.write_text(json.dumps([{"Index - 0": {"sentences": {}, "similarities": []}}]))
     with pytest.raises(PlatonicError, match=r"data.json: entry 0 'sentences' must hold"):
         published.read(path)
+    sentences = {**{level_key(k): f"c{k}" for k in range(1, 11)}, "Caption 0 - 0%": "o"}
+    sentences[level_key(4)] = ["a list"]
+    path.write_text(json.dumps([{"Index - 0": {"sentences": sentences, "similarities": [0.5] * 10}}]))
+    with pytest.raises(PlatonicError, match=r"entry 0 caption 'Caption 4 - 40%' is not a string \(got list\)"):
+        published.read(path)
 
 
 # ---------------------------------------------------------------- sources

@@ -91,8 +91,9 @@ def entry_problem(item: object) -> str | None:
     sentences, sims = body["sentences"], body["similarities"]
     if not isinstance(sentences, dict) or set(sentences) != set(SENTENCE_KEYS):
         return "'sentences' must hold the 11 keys 'Caption 0 - 0%' .. 'Caption 10 - 100%'"
-    if not all(isinstance(v, str) for v in sentences.values()):
-        return "'sentences' holds a value that is not a string"
+    not_text = next((k for k in SENTENCE_KEYS if not isinstance(sentences[k], str)), None)
+    if not_text is not None:
+        return f"caption {not_text!r} is not a string (got {type(sentences[not_text]).__name__})"
     if (not isinstance(sims, list) or len(sims) != NUM_LEVELS
             or not all(isinstance(s, int | float) and not isinstance(s, bool) for s in sims)):
         return f"'similarities' must be a list of {NUM_LEVELS} numbers"
