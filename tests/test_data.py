@@ -57,7 +57,8 @@ def test_embedded_replacement_rate_is_the_level_at_every_level():
         p = level / 100
         tolerance = 5 * math.sqrt(num * p * (1 - p))
         for attribute in embedded.ATTRIBUTES:
-            replaced = sum(getattr(t, attribute) != getattr(s, attribute) for t, s in zip(told, scenes))
+            replaced = sum(getattr(t, attribute) != getattr(s, attribute)
+                           for t, s in zip(told, scenes, strict=True))
             assert abs(replaced - num * p) < tolerance, (level, attribute, replaced / num)
 
 
