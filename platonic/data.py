@@ -209,10 +209,6 @@ def file_levels(path: str | Path, texts: list[str],
     return level_texts
 
 
-def _same_words(a: str, b: str) -> bool:
-    return a.split() == b.split()
-
-
 def _check_level0(path: str | Path, table: dict[int, dict[int, str]], texts: list[str]) -> None:
     for index, text in enumerate(texts):
         level0 = table[index].get(0)
@@ -220,7 +216,7 @@ def _check_level0(path: str | Path, table: dict[int, dict[int, str]], texts: lis
             raise PlatonicError(f"{path}: sample index {index} has no level-0 caption to match "
                                 "against the dataset's; pass --allow_caption_mismatch to use it "
                                 "anyway")
-        if not _same_words(level0, text):
+        if level0.split() != text.split():  # white space aside
             raise PlatonicError(
                 f"{path}: sample index {index}: the file's level-0 caption {level0[:60]!r} is not "
                 f"the dataset's {text[:60]!r}, so the file was made for other data (or another "
