@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -42,6 +43,17 @@ def tiny_gpt2_dir(tmp_path_factory) -> Path:
 
     config = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=128)
     return _save_tiny(tmp_path_factory.mktemp("tiny_gpt2"), config)
+
+
+@pytest.fixture
+def tiny_custom_models(tmp_path, tiny_llama_dir) -> Path:
+    """A `custom` model list (for $PLATONIC_CUSTOM_MODELS): the tiny Llama and timm's test ViT."""
+    models = tmp_path / "models.json"
+    models.write_text(json.dumps([
+        {"id": str(tiny_llama_dir), "modality": "language", "family": "Tiny", "size": "2l"},
+        {"id": "test_vit", "modality": "vision", "family": "Test ViT", "size": "tiny",
+         "options": {"random_init_seed": 0}}]))
+    return models
 
 
 @pytest.fixture

@@ -33,13 +33,8 @@ def local_ray():
 
 
 @pytest.fixture
-def custom_models(tmp_path, monkeypatch, tiny_llama_dir):
-    models = tmp_path / "models.json"
-    models.write_text(json.dumps([
-        {"id": str(tiny_llama_dir), "modality": "language", "family": "Tiny", "size": "2l"},
-        {"id": "test_vit", "modality": "vision", "family": "Test ViT", "size": "tiny",
-         "options": {"random_init_seed": 0}}]))
-    monkeypatch.setenv("PLATONIC_CUSTOM_MODELS", str(models))
+def custom_models(monkeypatch, tiny_llama_dir, tiny_custom_models):
+    monkeypatch.setenv("PLATONIC_CUSTOM_MODELS", str(tiny_custom_models))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return [(str(tiny_llama_dir), "avg"), ("test_vit", "cls")]
 

@@ -22,12 +22,9 @@ def _extract(tmp_path, *args, env=None):
                           env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
 
 
-def test_custom_set_all_levels_then_measure(tmp_path, monkeypatch, tiny_llama_dir):
-    models = tmp_path / "models.json"
-    models.write_text(json.dumps([
-        {"id": str(tiny_llama_dir), "modality": "language", "family": "Tiny", "size": "2l"},
-        {"id": "test_vit", "modality": "vision", "family": "Test ViT", "size": "tiny",
-         "options": {"random_init_seed": 0}}]))
+def test_custom_set_all_levels_then_measure(tmp_path, monkeypatch, tiny_llama_dir,
+                                            tiny_custom_models):
+    models = tiny_custom_models
     env = {"PLATONIC_CUSTOM_MODELS": str(models)}
     template = str(tmp_path / "u={}_features")
     args = ["--modelset", "custom", "--dataset", "embedded", "--num_samples", "12",
