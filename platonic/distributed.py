@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,10 @@ from platonic.models import LANGUAGE, ModelSpec
 GIB = 1024**3
 DEFAULT_GPU_MEMORY_GB = 80.0
 MEMORY_OVERHEAD = 1.2  # weights x this: activations of a batch, CUDA context, fragmentation
+# Settings of the driver's environment that the tasks on a joined cluster must share (a local
+# instance's workers inherit the whole environment).
+SHARED_ENV = ("HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "PLATONIC_CACHE",
+              "PLATONIC_CUSTOM_MODELS")
 # Parameters of the ViT sizes of the paper (timm): the vision registry ranks sizes by name only.
 VIT_PARAMS = {"tiny": 5.7e6, "small": 22e6, "base": 86e6, "large": 304e6, "huge": 632e6,
               "giant": 1.14e9}
@@ -86,7 +91,8 @@ def ray_session(address: str) -> Iterator[None]:
         if address == LOCAL_RAY:
             ray.init(address="local", include_dashboard=False, log_to_driver=False)
         else:
-            ray.init(address=address, log_to_driver=False)
+            env = {name: os.environ[name] for name in SHARED_ENV if name in os.environ}
+            ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": env})
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise PlatonicError(f"--ray {address}: cannot start or join Ray "
                             f"({first_line(err)})") from err
@@ -251,6 +257,8 @@ def extract_on_ray(language_specs: list[ModelSpec], vision_specs: list[ModelSpec
                    texts_by_level: dict[int | None, list[str]], images: list[Image.Image],
                    settings: Settings, args: argparse.Namespace) -> RunStats:
     """`run_extraction` as one Ray task per model, largest first (they take longest)."""
+    # Workers elsewhere have another working directory: they get the folder as an absolute path.
+    settings = dataclasses.replace(settings, output_dir=os.path.abspath(settings.output_dir))
     stats = RunStats()
     levels = list(texts_by_level)
     specs = sorted([*language_specs, *vision_specs], key=lambda s: -(estimated_params(s) or 0))
@@ -337,7 +345,8 @@ def measure_on_ray(args: argparse.Namespace, x: Side, y: Side, levels: list[int 
             if fingerprint not in kernel_refs:
                 task = remote(kernels_of, num_gpus=gpus, max_retries=args.ray_retries,
                               name=f"kernels {path.name}")
-                kernel_refs[fingerprint] = task.remote(str(path), args.precise, args.device)
+                kernel_refs[fingerprint] = task.remote(str(path.resolve()), args.precise,
+                                                       args.device)
             return kernel_refs[fingerprint]
 
         tasks = []
@@ -347,7 +356,7 @@ def measure_on_ray(args: argparse.Namespace, x: Side, y: Side, levels: list[int 
                 refs = [(j, kernels_ref(plan.paths_y[j], plan.fps_y[j])) for j in js]
                 task = remote(score_row, num_gpus=gpus, max_retries=args.ray_retries,
                               name=f"align {x.models[i]} u={plan.level}")
-                ref = task.remote(str(plan.paths_x[i]), refs, args.metric, args.topk,
+                ref = task.remote(str(plan.paths_x[i].resolve()), refs, args.metric, args.topk,
                                   args.precise, args.device)
                 tasks.append(Submitted(ref, f"model {x.models[i]} (level {plan.level})",
                                        lambda row, i=i, level=level: level.add_row(i, row)))
