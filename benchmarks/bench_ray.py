@@ -106,10 +106,11 @@ def time_alignment(per_model) -> float:
 
     xs = [load_kernels(first_file(st)) for _, st in per_model.values() if st.real_tokens]
     ys = [load_kernels(first_file(st)) for _, st in per_model.values() if st.images_encoded]
+    settings = argparse.Namespace(metric="mutual_knn", topk=10)
     started = time.perf_counter()
     for kx in xs:
         for ky in ys:
-            score_pair(kx, ky, "mutual_knn", 10)
+            score_pair(kx, ky, settings, "x", "y")
     candidate_pairs = sum(len(kx) * len(ky) for kx in xs for ky in ys)
     return (time.perf_counter() - started) / candidate_pairs
 

@@ -302,13 +302,14 @@ def kernels_of(path: str, precise: bool, requested_device: str | None) -> LayerK
     return load_kernels(path, task_device(requested_device), precise).to("cpu")
 
 
-def score_row(path_x: str, kernels_y: list[tuple[int, Any]], metric: str, topk: int | None,
-              precise: bool, requested_device: str | None) -> dict[int, PairScore]:
-    """One x model against the y models `kernels_y` (index, kernel reference), fetched one at a
-    time from the object store (the body of an alignment task)."""
-    device = task_device(requested_device)
-    kx = load_kernels(path_x, device, precise)
-    return {j: score_pair(kx, ray.get(ref).to(device), metric, topk) for j, ref in kernels_y}
+def score_row(path_x: str, fingerprint_x: str, kernels_y: list[tuple[int, str, Any]],
+              args: argparse.Namespace) -> dict[int, PairScore]:
+    """One x model against the y models `kernels_y` (index, fingerprint, kernel reference),
+    fetched one at a time from the object store (the body of an alignment task)."""
+    device = task_device(args.device)
+    kx = load_kernels(path_x, device, args.precise)
+    return {j: score_pair(kx, ray.get(ref).to(device), args, fingerprint_x, fingerprint_y)
+            for j, fingerprint_y, ref in kernels_y}
 
 
 class LevelResult:
@@ -353,11 +354,11 @@ def measure_on_ray(args: argparse.Namespace, x: Side, y: Side, levels: list[int 
         for plan in plans:
             level = LevelResult(plan, args, x, y)
             for i, js in plan.todo.items():
-                refs = [(j, kernels_ref(plan.paths_y[j], plan.fps_y[j])) for j in js]
+                refs = [(j, plan.fps_y[j], kernels_ref(plan.paths_y[j], plan.fps_y[j]))
+                        for j in js]
                 task = remote(score_row, num_gpus=gpus, max_retries=args.ray_retries,
                               name=f"align {x.models[i]} u={plan.level}")
-                ref = task.remote(str(plan.paths_x[i].resolve()), refs, args.metric, args.topk,
-                                  args.precise, args.device)
+                ref = task.remote(str(plan.paths_x[i].resolve()), plan.fps_x[i], refs, args)
                 tasks.append(Submitted(ref, f"model {x.models[i]} (level {plan.level})",
                                        lambda row, i=i, level=level: level.add_row(i, row)))
         wait_for(tasks, "measure on Ray")

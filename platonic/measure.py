@@ -147,9 +147,12 @@ def plan_level(args: argparse.Namespace, x: Side, y: Side, level: int | None) ->
     return LevelPlan(level, out, paths_x, paths_y, fps_x, fps_y, settings, reuse, todo)
 
 
-def score_pair(kx: LayerKernels, ky: LayerKernels, metric: str, topk: int | None) -> PairScore:
+def score_pair(kx: LayerKernels, ky: LayerKernels, args: argparse.Namespace, fingerprint_x: str,
+               fingerprint_y: str) -> PairScore:
+    """One pair's score, layers and grid, with the settings of `args` (the measure stage's flags;
+    the feature files' fingerprints identify the pair)."""
     # The original called compute_score(y, x): metric(y, x), y layers in the outer loop.
-    grid_yx = score_grid(ky, kx, metric, topk)
+    grid_yx = score_grid(ky, kx, args.metric, args.topk)
     score, best = best_of_grid(grid_yx)
     return score, None if best is None else (best[1], best[0]), grid_yx.T
 
@@ -167,7 +170,7 @@ def score_locally(plan: LevelPlan, args: argparse.Namespace,
             for j in js:
                 if j not in kernels_y:
                     kernels_y[j] = load_kernels(plan.paths_y[j], device, args.precise)
-                scored[(i, j)] = score_pair(kx, kernels_y[j], args.metric, args.topk)
+                scored[(i, j)] = score_pair(kx, kernels_y[j], args, plan.fps_x[i], plan.fps_y[j])
                 bar.update()
     return scored
 
