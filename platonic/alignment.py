@@ -12,6 +12,7 @@ oracle the tests compare against.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from functools import cached_property
@@ -39,9 +40,11 @@ def register_grid(name: str) -> Callable[[GridFn], GridFn]:
     return add
 
 
-def prepare_features(feats: torch.Tensor, q: float = 0.95, exact: bool = False) -> torch.Tensor:
-    """Clamp outliers to ±(q-quantile of |x|) in float32, on the tensor's own device."""
-    return metrics.remove_outliers(feats.float(), q=q, exact=exact)
+def prepare_features(feats: torch.Tensor, q: float = 0.95, exact: bool = False,
+                     layer_dims: list[int] | None = None) -> torch.Tensor:
+    """Clamp outliers to ±(q-quantile of |x|) in float32, on the tensor's own device; with
+    `layer_dims` (true widths of zero-padded layers) the quantile ignores the padding."""
+    return metrics.remove_outliers(feats.float(), q=q, exact=exact, layer_dims=layer_dims)
 
 
 def check_layered(feats: Any, name: str) -> None:
@@ -297,8 +300,12 @@ def svcca_grid(kx: LayerKernels, ky: LayerKernels, cca_dim: int = 10) -> np.ndar
 def load_kernels(path: str | os.PathLike, device: str | torch.device = "cpu",
                  precise: bool = False, normalize: bool = True) -> LayerKernels:
     """One feature file (checked on load), outliers clamped as the measure stage does, as kernels."""
-    feats = load_features(path, device=device).feats
-    return LayerKernels(prepare_features(feats, exact=precise), normalize)
+    loaded = load_features(path, device=device)
+    try:
+        feats = prepare_features(loaded.feats, exact=precise, layer_dims=loaded.meta.get("layer_dims"))
+    except PlatonicError as err:
+        raise PlatonicError(f"{path}: {err}") from err
+    return LayerKernels(feats, normalize)
 
 
 def pairwise_grid(kx: LayerKernels, ky: LayerKernels, metric: str, **kwargs: Any) -> np.ndarray:
@@ -325,12 +332,16 @@ def score_grid(kx: LayerKernels, ky: LayerKernels, metric: str = "mutual_knn",
 
 
 def best_of_grid(grid: np.ndarray) -> tuple[float, tuple[int, int] | None]:
-    """The original loop's choice: the first maximum in (i, j) order, if above 0; else (0, None)."""
-    finite = np.where(np.isnan(grid), -np.inf, grid)
+    """The original loop's choice: the first maximum in (i, j) order, if above 0.
+
+    A grid without a positive finite value has no best pair: (NaN, None), an undefined score
+    (the original reported 0.0, which plots and means then took for a real score).
+    """
+    finite = np.where(np.isfinite(grid), grid, -np.inf)
     flat = int(np.argmax(finite))
     value = float(finite.flat[flat])
     if not value > 0:
-        return 0.0, None
+        return math.nan, None
     a, b = np.unravel_index(flat, grid.shape)
     return value, (int(a) - 1, int(b) - 1)
 
@@ -340,7 +351,8 @@ def compute_score(x_feats: torch.Tensor, y_feats: torch.Tensor, metric: str = "m
                   **metric_kw: Any) -> tuple[Any, ...]:
     """Best score over all layer pairs and its (x layer, y layer), -1 meaning all layers.
 
-    Same result as the original exhaustive loop; with `return_grid=True` also the
+    Same result as the original exhaustive loop, except that a grid without a positive finite
+    value gives (NaN, None), not (0.0, None); with `return_grid=True` also the
     [Lx + 1, Ly + 1] grid of every pair's score (index 0 = concatenation).
     """
     check_layered(x_feats, "x_feats")

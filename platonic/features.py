@@ -4,7 +4,8 @@ One safetensors file per (model, uniqueness level):
   tensors  `feats` [N, L, D] (per-layer features), plus optional per-sample extras of shape [N]
            (`loss`: mean next-token loss in nats, `bpb`: bits per byte, `num_bytes`, `num_tokens`).
   metadata one key, `platonic`, holding JSON: model id, modality, pooling, prompt, dataset,
-           subset, level, num_samples, num_layers, dim, dtype, num_params, `input_fingerprint`
+           subset, level, num_samples, num_layers, dim, `layer_dims` (each layer's true width: narrower
+           layers are zero-padded to `dim`), dtype, num_params, `input_fingerprint`
            (the exact texts or images and settings used) and `content_sha256` (of the tensors).
 
 Loading never executes code: safetensors for our files, `torch.load(weights_only=True)` for the
@@ -84,6 +85,7 @@ def save_features(path: str | os.PathLike, feats: torch.Tensor, meta: dict[str, 
             raise PlatonicError(f"{path}: extra {name!r} has {value.shape[0]} rows, feats {feats.shape[0]}")
         tensors[name] = value
     full_meta = dict(meta)
+    full_meta["layer_dims"] = _layer_dims(path, feats, meta.get("layer_dims"))
     full_meta.update(
         format_version=FORMAT_VERSION,
         num_samples=int(feats.shape[0]),
@@ -95,6 +97,17 @@ def save_features(path: str | os.PathLike, feats: torch.Tensor, meta: dict[str, 
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(full_meta, sort_keys=True)})
     return FeatureFile(tensors.pop(FEATS), full_meta, tensors, Path(path))
+
+
+def _layer_dims(path: str | os.PathLike, feats: torch.Tensor, dims: list[int] | None) -> list[int]:
+    """Each layer's true width (narrower layers are zero-padded to D); all D when not given."""
+    num_layers, width = int(feats.shape[1]), int(feats.shape[2])
+    if dims is None:
+        return [width] * num_layers
+    dims = [int(d) for d in dims]
+    if len(dims) != num_layers or not all(1 <= d <= width for d in dims):
+        raise PlatonicError(f"{path}: layer widths {dims} do not fit features of shape {tuple(feats.shape)}")
+    return dims
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 Each feature file is loaded once per run; each y model's kernels are built once and reused for
 every x model. A result is reused pair by pair when the fingerprints of both feature files and
-the metric settings match the stored ones.
+the metric settings match the stored ones; the result written always holds exactly the
+requested models in the requested order. A pair whose layer grid has no positive finite value
+gets an undefined score (NaN, null in the JSON).
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ from platonic.devices import pick_device
 from platonic.errors import PlatonicError
 from platonic.features import read_meta, resolve_feature_file
 from platonic.models import get_models
-from platonic.results import AlignmentResult, alignment_path, load_result, save_result
+from platonic.results import (
+    AlignmentResult,
+    IncompleteResult,
+    alignment_path,
+    load_result,
+    save_result,
+)
 from platonic.storage import level_dir
 
 
@@ -90,16 +98,33 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
             "outlier_quantile": 0.95, "precise": args.precise, "order": "metric(y, x)"}
 
 
-def reusable_pairs(path: Path, settings: dict[str, Any], force: bool) -> dict[tuple[str, str], Any]:
-    """(fingerprint_x, fingerprint_y) -> (score, indices, grid) from a previous result."""
+def previous_result(path: Path, settings: dict[str, Any], force: bool) -> AlignmentResult | None:
+    """The result already at `path` if it was made with `settings` and is complete, else None
+    (a result half-written by a killed run is remade, not read)."""
     if force or not path.exists():
-        return {}
-    old = load_result(path, with_grids=True)
-    if old.meta.get("settings") != settings:
+        return None
+    try:
+        old = load_result(path, with_grids=True)
+    except IncompleteResult as err:
+        print(f"remaking: {err}")
+        return None
+    return old if old.meta.get("settings") == settings else None
+
+
+def reusable_pairs(old: AlignmentResult | None) -> dict[tuple[str, str], Any]:
+    """(fingerprint_x, fingerprint_y) -> (score, indices, grid) from a previous result."""
+    if old is None:
         return {}
     fps_x, fps_y = old.meta["fingerprints_x"], old.meta["fingerprints_y"]
     return {(fps_x[i], fps_y[j]): (old.scores[i, j], old.indices[i][j], old.grids.get((i, j)))
             for i in range(len(fps_x)) for j in range(len(fps_y))}
+
+
+def holds_exactly(old: AlignmentResult | None, x: Side, y: Side, fps_x: list[str],
+                  fps_y: list[str]) -> bool:
+    """True when `old` holds the requested models, in the requested order, from these files."""
+    return (old is not None and old.models_x == x.models and old.models_y == y.models
+            and old.meta.get("fingerprints_x") == fps_x and old.meta.get("fingerprints_y") == fps_y)
 
 
 def check_sample_counts(paths_x: list[Path], paths_y: list[Path], topk: int, uses_topk: bool) -> None:
@@ -127,13 +152,14 @@ def measure_level(args: argparse.Namespace, x: Side, y: Side, level: int | None,
     settings = settings_of(args)
     fps_x = [file_fingerprint(p) for p in paths_x]
     fps_y = [file_fingerprint(p) for p in paths_y]
-    reuse = reusable_pairs(out, settings, args.force_remake)
-    todo = [(i, j) for i in range(len(paths_x)) for j in range(len(paths_y))
-            if (fps_x[i], fps_y[j]) not in reuse]
-    if not todo and out.exists():
+    old = previous_result(out, settings, args.force_remake)
+    if holds_exactly(old, x, y, fps_x, fps_y):
         print(f"up to date: {out}")
         return out
-    scores = np.zeros((len(paths_x), len(paths_y)))
+    reuse = reusable_pairs(old)
+    todo = [(i, j) for i in range(len(paths_x)) for j in range(len(paths_y))
+            if (fps_x[i], fps_y[j]) not in reuse]
+    scores = np.full((len(paths_x), len(paths_y)), np.nan)
     indices: list[list[Any]] = [[None] * len(paths_y) for _ in paths_x]
     grids: dict[tuple[int, int], np.ndarray] = {}
     for i, j in ((i, j) for i in range(len(paths_x)) for j in range(len(paths_y))):

@@ -167,6 +167,7 @@ def load_study(spec: StudySpec, align_dir: str | os.PathLike,
     notes: list[str] = []
     frame["bits_per_byte"] = _bits_per_byte_column(frame, spec, features_dir, notes)
     notes.extend(_incomplete_model_notes(frame, levels))
+    notes.extend(_undefined_score_notes(frame))
     return Study(spec, levels, frame, notes)
 
 
@@ -254,6 +255,17 @@ def _incomplete_model_notes(frame: pd.DataFrame, levels: list[int]) -> list[str]
             if absent:
                 notes.append(f"{model} has no result at level(s) {_join(absent)}; left out of "
                              f"the statistics across levels")
+    return notes
+
+
+def _undefined_score_notes(frame: pd.DataFrame) -> list[str]:
+    """One note per model pair with an undefined score (no positive finite value in its grid)."""
+    undefined = frame[frame["score"].isna()]
+    notes = []
+    for (lm, vm), group in undefined.groupby(["language_model", "vision_model"], sort=False):
+        notes.append(f"{lm} x {vm}: undefined score (no positive finite value in its layer grid) "
+                     f"at level(s) {_join(sorted(group['level']))}; left out of the means, "
+                     f"trends and slopes")
     return notes
 
 
@@ -371,7 +383,7 @@ def performance_slopes(study: Study) -> pd.DataFrame:
     frame = study.frame.assign(performance=study.performance)
     rows = []
     for (level, vm), group in frame.groupby(["level", "vision_model"], sort=False):
-        with_perf = group.dropna(subset=["performance"])
+        with_perf = group.dropna(subset=["performance", "score"])
         rows.append({"level": level, "vision_model": vm,
                      "vision_family": group["vision_family"].iloc[0],
                      "vision_size": group["vision_size"].iloc[0],

@@ -152,3 +152,40 @@ def test_bad_input_is_one_clear_error(bad):
     a, b = correlated(n=30)
     with pytest.raises(PlatonicError):
         bad(a, b)
+
+
+def _mean_quantile_of_real_entries(feats: np.ndarray, dims: list[int], q: float) -> float:
+    """The original's threshold over each sample's real entries only: a plain numpy loop."""
+    per_sample = [np.quantile(np.abs(np.concatenate([row[layer, :d] for layer, d in enumerate(dims)])), q)
+                  for row in feats]
+    return float(np.mean(per_sample))
+
+
+def test_outlier_threshold_ignores_zero_padding():
+    g = torch.Generator().manual_seed(2)
+    dims = [3, 8, 20]
+    feats = torch.zeros(30, len(dims), 20)
+    for layer, d in enumerate(dims):
+        feats[:, layer, :d] = torch.randn(30, d, generator=g) * (layer + 1)
+    threshold = _mean_quantile_of_real_entries(feats.double().numpy(), dims, 0.95)
+    out = metrics.remove_outliers(feats, 0.95, layer_dims=dims)
+    torch.testing.assert_close(out, feats.clamp(-threshold, threshold), atol=1e-5, rtol=0)
+    real = torch.cat([feats[:, layer, :d].flatten() for layer, d in enumerate(dims)]).abs()
+    exact = real.sort().values[int(0.95 * real.numel())]
+    torch.testing.assert_close(metrics.remove_outliers(feats, 0.95, exact=True, layer_dims=dims),
+                               feats.clamp(-exact, exact))
+
+
+def test_equal_widths_clamp_as_the_original():
+    g = torch.Generator().manual_seed(3)
+    feats = torch.randn(20, 4, 10, generator=g) ** 3
+    threshold = _mean_quantile_of_real_entries(feats.double().numpy(), [10] * 4, 0.95)
+    for dims in (None, [10] * 4):
+        out = metrics.remove_outliers(feats, 0.95, layer_dims=dims)
+        torch.testing.assert_close(out, feats.clamp(-threshold, threshold), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dims", [[3, 8], [3, 8, 21], [0, 8, 20]])
+def test_bad_layer_widths_are_one_clear_error(dims):
+    with pytest.raises(PlatonicError, match="layer widths"):
+        metrics.remove_outliers(torch.ones(4, 3, 20), 0.95, layer_dims=dims)
