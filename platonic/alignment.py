@@ -48,9 +48,14 @@ def prepare_features(feats: torch.Tensor, q: float = 0.95, exact: bool = False,
 
 
 def check_layered(feats: Any, name: str) -> None:
+    """A non-empty [N, layers, dim] tensor of finite numbers; else name the first bad entry."""
     if not isinstance(feats, torch.Tensor) or feats.ndim != 3 or feats.numel() == 0:
         shape = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
         raise PlatonicError(f"{name} must be a non-empty [N, layers, dim] tensor, got {shape}")
+    finite = torch.isfinite(feats).all(dim=2)
+    if not bool(finite.all()):
+        sample, layer = (int(v) for v in torch.nonzero(~finite)[0])
+        raise PlatonicError(f"{name} hold NaN or inf (first at sample {sample}, layer {layer})")
 
 
 def candidate(feats: torch.Tensor, index: int, normalize: bool = True) -> torch.Tensor:
@@ -91,13 +96,16 @@ class LayerKernels:
         key = (topk, exclude_self)
         if key not in self._knn:
             out = torch.empty(len(self), self.n, topk, dtype=torch.long, device=self.grams.device)
+            metrics.check_topk(topk, self.n)
             for c in range(len(self)):
                 sim = self.grams[c]
                 diagonal = sim.diagonal().clone()
-                if exclude_self:  # in place, restored below: no copy of the N x N matrix
-                    sim.fill_diagonal_(float("-inf"))
-                torch.topk(sim, topk, dim=1, out=(torch.empty_like(sim[:, :topk]), out[c]))
-                sim.diagonal().copy_(diagonal)
+                try:  # in place, always restored: no copy of the N x N matrix
+                    if exclude_self:
+                        sim.fill_diagonal_(float("-inf"))
+                    torch.topk(sim, topk, dim=1, out=(torch.empty_like(sim[:, :topk]), out[c]))
+                finally:
+                    sim.diagonal().copy_(diagonal)
             self._knn[key] = out
         return self._knn[key]
 
@@ -326,6 +334,8 @@ def score_grid(kx: LayerKernels, ky: LayerKernels, metric: str = "mutual_knn",
     if kx.n != ky.n:
         raise PlatonicError(f"x has {kx.n} samples but y has {ky.n}")
     kwargs = metric_kwargs(metric, topk, extra)
+    if kwargs.get("topk") is not None:
+        metrics.check_topk(kwargs["topk"], kx.n)
     if metric in GRID_METRICS:
         return GRID_METRICS[metric](kx, ky, **kwargs)
     return pairwise_grid(kx, ky, metric, **kwargs)
