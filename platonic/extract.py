@@ -62,6 +62,12 @@ class Settings:
     max_length: int | None = None
     padding_side: str = "right"
 
+    def __post_init__(self) -> None:
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise PlatonicError(f"--batch_size must be a positive integer, got {self.batch_size!r}")
+        if self.padding_side not in ("left", "right"):
+            raise PlatonicError(f"padding side must be left or right, got {self.padding_side!r}")
+
     @property
     def storage_dtype(self) -> torch.dtype:
         if self.dtype not in STORAGE_DTYPES:
@@ -113,13 +119,16 @@ def _base_meta(spec: ModelSpec, settings: Settings, pool: str, level: int | None
     }
 
 
-def _check_finite(feats: torch.Tensor, model_id: str, level: int | None, rows: list[int]) -> None:
+def _check_finite(feats: torch.Tensor, model_id: str, level: int | None, rows: list[int],
+                  dtype: str) -> None:
+    """`feats` as they will be written (already in the storage dtype: a finite float32 value
+    can overflow to inf in float16)."""
     bad = (~torch.isfinite(feats).flatten(1).all(dim=1)).nonzero().flatten().tolist()
     if bad:
         indices = [rows[b] for b in bad]
         shown = ", ".join(map(str, indices[:20])) + (" ..." if len(indices) > 20 else "")
-        raise PlatonicError(f"model {model_id}, level {level}: NaN or inf in hidden states of "
-                            f"sample index(es) {shown}")
+        raise PlatonicError(f"model {model_id}, level {level}: NaN or inf in hidden states (as "
+                            f"{dtype}) of sample index(es) {shown}")
 
 
 # ---- language ---------------------------------------------------------------------------------
@@ -178,14 +187,14 @@ def _encode_levels(lm: language.LanguageModel, spec: ModelSpec, texts_by_level: 
             stats.padded_tokens += out.padded_tokens
             for row, text in enumerate(new):
                 memo[text] = (out.feats[row], {k: v[row] for k, v in out.extras.items()})
-        feats = torch.stack([memo[t][0] for t in texts])
-        _check_finite(feats, spec.id, level, list(range(len(texts))))
+        feats = torch.stack([memo[t][0] for t in texts]).to(settings.storage_dtype)
+        _check_finite(feats, spec.id, level, list(range(len(texts))), settings.dtype)
         extras = {k: torch.stack([memo[t][1][k] for t in texts]) for k in memo[texts[0]][1]}
         path, fingerprint = todo[level]
         meta = _base_meta(spec, settings, settings.pool, level, lm.num_params, fingerprint, {
             "texts_sha256": texts_fingerprint(texts), "has_loss": lm.causal,
             "max_length": settings.max_length})
-        save_features(path, feats.to(settings.storage_dtype), meta, extras)
+        save_features(path, feats, meta, extras)
         stats.written.append(path)
         memo = {t: v for t, v in memo.items() if last_use[t] > step}
 
@@ -242,11 +251,12 @@ def _encode_vision(spec: ModelSpec, images: list[Image.Image], images_sha: str, 
     out = vision.encode_images(vm, images, settings.batch_size, desc=spec.id)
     stats.forward_passes[spec.id] += out.forward_passes
     stats.images_encoded += len(images)
-    _check_finite(out.feats, spec.id, None, list(range(len(images))))
+    feats = out.feats.to(settings.storage_dtype)
+    _check_finite(feats, spec.id, None, list(range(len(images))), settings.dtype)
     meta = _base_meta(spec, settings, VISION_POOL, None, vm.num_params, fingerprint, {
         "layer_dims": out.layer_dims, "noise_percentage": settings.noise_percentage,
         "noise_seed": settings.noise_seed, "images_sha256": images_sha})
-    save_features(path, out.feats.to(settings.storage_dtype), meta)
+    save_features(path, feats, meta)
     return path
 
 

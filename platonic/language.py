@@ -255,10 +255,18 @@ def tokenize(lm: LanguageModel, texts: list[str], max_length: int | None = None)
     return encoded
 
 
+def effective_padding_side(lm: LanguageModel) -> str:
+    """Left padding only where the model takes position ids: without them, left pads would shift
+    every real token's position (learned or rotary), so such a model is padded on the right,
+    which changes no real token's features under causal or masked attention."""
+    return "left" if lm.padding_side == "left" and _accepts(lm.model, "position_ids") else "right"
+
+
 def _forward(lm: LanguageModel, token_ids: list[list[int]], pool: str, width: int | None = None):
-    batch = collate(token_ids, lm.tokenizer.pad_token_id, lm.padding_side, width)
+    side = effective_padding_side(lm)
+    batch = collate(token_ids, lm.tokenizer.pad_token_id, side, width)
     inputs = {k: v.to(lm.device) for k, v in batch.items()}
-    if lm.padding_side == "right" or not _accepts(lm.model, "position_ids"):
+    if side == "right":
         inputs.pop("position_ids")
     with torch.inference_mode():
         out = lm.model(**inputs, output_hidden_states=True)

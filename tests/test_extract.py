@@ -149,6 +149,56 @@ def test_nan_names_model_level_and_samples(tmp_path, monkeypatch, tiny_llama_dir
         extract_language(_spec(tiny_llama_dir), {0: captions}, _settings(tmp_path), RunStats())
 
 
+def test_float16_overflow_is_caught_as_written(tmp_path, monkeypatch, tiny_llama_dir, captions):
+    real = language.encode_texts
+
+    def huge(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out.feats[2, 1, 0] = 1e5  # finite in float32, inf in float16
+        return out
+
+    monkeypatch.setattr(language, "encode_texts", huge)
+    with pytest.raises(PlatonicError, match=r"level 0.*float16.* 2$"):
+        extract_language(_spec(tiny_llama_dir), {0: captions}, _settings(tmp_path, dtype="float16"),
+                         RunStats())
+    assert not list(tmp_path.rglob("*.safetensors"))
+    stats = RunStats()  # float32 storage holds it
+    extract_language(_spec(tiny_llama_dir), {0: captions}, _settings(tmp_path, dtype="float32"), stats)
+    assert load_features(stats.written[0]).feats[2, 1, 0] == 1e5
+
+
+@pytest.mark.parametrize("size", [0, -3, 2.5, True])
+def test_batch_size_must_be_a_positive_integer(tmp_path, size):
+    with pytest.raises(PlatonicError, match="--batch_size must be a positive integer"):
+        Settings(output_dir=str(tmp_path), dataset="embedded", subset="seed0", batch_size=size)
+
+
+class _NoPositionIds(torch.nn.Module):
+    """A causal LM whose forward takes no position ids (as some custom models)."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids, attention_mask=None, output_hidden_states=False):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                          output_hidden_states=output_hidden_states)
+
+
+def test_left_padding_without_position_ids_matches_each_caption_alone(tiny_gpt2_dir, captions):
+    loaded = language.load_language_model(_spec(tiny_gpt2_dir))
+    lm = language.LanguageModel(_NoPositionIds(loaded.model), loaded.tokenizer, True,
+                                loaded.num_params, padding_side="left")
+    out = language.encode_texts(lm, captions, "avg", batch_size=3)
+    last = language.encode_texts(lm, captions, "last", batch_size=3)
+    assert max(out.batch_sizes) > 1
+    for i, text in enumerate(captions):
+        mean, final, loss, _ = _alone(loaded, text)
+        torch.testing.assert_close(out.feats[i], mean, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(last.feats[i], final, atol=1e-5, rtol=1e-4)
+        assert out.extras["loss"][i].item() == pytest.approx(loss, rel=1e-4)
+
+
 def _images(n=5):
     from platonic import embedded
 
