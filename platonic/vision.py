@@ -73,8 +73,40 @@ def _create(spec: ModelSpec) -> torch.nn.Module:
     if checkpoint:
         if not Path(checkpoint).exists():
             raise PlatonicError(f"vision model {spec.id!r}: checkpoint {checkpoint} not found")
-        return timm.create_model(arch, pretrained=False, checkpoint_path=checkpoint)
+        model = timm.create_model(arch, pretrained=False)
+        load_checkpoint_safely(model, Path(checkpoint))
+        return model
     return timm.create_model(arch, pretrained=True)
+
+
+STATE_DICT_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")  # timm's order
+
+
+def load_checkpoint_safely(model: torch.nn.Module, checkpoint: Path) -> None:
+    """Load a user's checkpoint without unpickling code: safetensors, a weights-only
+    `torch.load`, or timm's JAX `.npz` reader (NumPy arrays, pickles refused); whatever the
+    installed timm's own default."""
+    from timm.models import clean_state_dict, load_checkpoint
+
+    if checkpoint.suffix.lower() in (".npz", ".npy"):
+        load_checkpoint(model, str(checkpoint))
+        return
+    try:
+        if checkpoint.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(checkpoint))
+        else:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and safetensors errors alike
+        raise PlatonicError(f"{checkpoint}: not a weights-only checkpoint ({first_line(err)}); "
+                            "save its state dict with safetensors") from err
+    if isinstance(state, dict):
+        key = next((k for k in STATE_DICT_KEYS if isinstance(state.get(k), dict)), None)
+        state = state[key] if key else state
+    if not isinstance(state, dict):
+        raise PlatonicError(f"{checkpoint}: holds no state dict")
+    model.load_state_dict(clean_state_dict(state))
 
 
 def load_vision_model(spec: ModelSpec, device: str = "cpu", dtype: torch.dtype = torch.float32) -> VisionModel:

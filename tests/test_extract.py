@@ -252,3 +252,54 @@ def test_noise_changes_the_vision_fingerprint(tmp_path):
     noisy = run_extraction([], [spec], {0: ["a"] * 3}, images, _settings(tmp_path, noise_percentage=20))
     assert first.images_encoded == 3 and noisy.images_encoded == 3
     assert read_meta(noisy.written[0])["noise_percentage"] == 20
+
+
+class _Planted:
+    """Unpickling this calls Path.touch on a marker: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (Path(self.marker),))
+
+
+def _checkpoint_model(tmp_path, suffix):
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    source = timm.create_model("test_vit", pretrained=False)
+    path = tmp_path / f"weights{suffix}"
+    if suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    else:
+        torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, path)
+    return source, path
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_arch_at_checkpoint_loads_its_weights(tmp_path, suffix):
+    source, path = _checkpoint_model(tmp_path, suffix)
+    vm = load_vision_model(ModelSpec(f"test_vit@{path}", VISION, "test", "tiny"))
+    for name, value in source.state_dict().items():
+        assert torch.equal(vm.model.state_dict()[name], value), name
+
+
+def test_a_checkpoint_is_never_unpickled(tmp_path, monkeypatch):
+    import timm.models._helpers as timm_helpers
+
+    # as older timm releases did: a full (unsafe) torch.load of the checkpoint
+    monkeypatch.setattr(timm_helpers, "_torch_load",
+                        lambda path, map_location="cpu", weights_only=False, **kw:
+                        torch.load(path, map_location=map_location, weights_only=False))
+    import timm
+
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": timm.create_model("test_vit").state_dict(), "extra": _Planted(marker)}, path)
+    with pytest.raises(PlatonicError, match="evil.pth: not a weights-only checkpoint"):
+        load_vision_model(ModelSpec(f"test_vit@{path}", VISION, "test", "tiny"))
+    assert not marker.exists()
