@@ -2,8 +2,9 @@
 
 For each (model, level) the feature file lives at
 `feature_path(level_dir(output_dir, level), dataset, subset, model, pool)`. A file is reused only
-when its stored `input_fingerprint` (the exact texts or images and every setting that changes
-the features) matches; a model is loaded only if one of its files is missing or stale, so a run
+when its stored `input_fingerprint` (the exact texts or images, the weights' identity from
+`platonic.identity`, and every setting that changes the features) matches and its tensors
+still have their recorded content hash; a model is loaded only if one of its files is missing or stale, so a run
 killed at any point and started again does only the missing work. Language levels are written
 one by one as they finish; captions repeated across levels are encoded once. Vision features do
 not depend on the level: they are encoded once and hard-linked (or copied) into every level.
@@ -34,7 +35,7 @@ from platonic.data import (
     texts_fingerprint,
 )
 from platonic.errors import PlatonicError
-from platonic.features import feature_path, read_meta, save_features
+from platonic.features import feature_path, read_meta, save_features, verified_fingerprint
 from platonic.models import LANGUAGE, MODEL_SETS, VISION, ModelSpec, get_model, get_models
 from platonic.storage import atomic_path, level_dir, sha256_of
 
@@ -99,12 +100,17 @@ def _output_path(settings: Settings, level: int | None, model_id: str, pool: str
 
 
 def _is_current(path: Path, fingerprint: str, force: bool) -> bool:
+    """The file was made from the same inputs and settings, and its tensors are intact."""
     if force or not path.exists():
         return False
     try:
-        return read_meta(path).get("input_fingerprint") == fingerprint
-    except PlatonicError:
+        if read_meta(path).get("input_fingerprint") != fingerprint:
+            return False
+        verified_fingerprint(path)
+    except PlatonicError as err:
+        tqdm.write(f"remaking: {err}")
         return False
+    return True
 
 
 def _base_meta(spec: ModelSpec, settings: Settings, pool: str, level: int | None,
@@ -133,12 +139,15 @@ def _check_finite(feats: torch.Tensor, model_id: str, level: int | None, rows: l
 
 # ---- language ---------------------------------------------------------------------------------
 
-def language_fingerprint(spec: ModelSpec, settings: Settings, texts: list[str]) -> str:
+def language_fingerprint(spec: ModelSpec, settings: Settings, texts: list[str],
+                         weights: dict[str, Any]) -> str:
+    """Everything the features depend on: model and weights, texts, and every setting."""
     return sha256_of({
         "extractor": EXTRACTOR_VERSION, "model": spec.id, "revision": spec.options.get("revision"),
-        "texts": texts_fingerprint(texts), "pool": settings.pool, "storage_dtype": settings.dtype,
-        "compute_dtype": str(settings.compute_dtype), "max_length": settings.max_length,
-        "qlora": settings.qlora,
+        "weights": weights, "texts": texts_fingerprint(texts), "pool": settings.pool,
+        "storage_dtype": settings.dtype, "compute_dtype": str(settings.compute_dtype),
+        "max_length": settings.max_length, "qlora": settings.qlora,
+        "padding_side": settings.padding_side,
     })
 
 
@@ -148,9 +157,10 @@ def extract_language(spec: ModelSpec, texts_by_level: dict[int | None, list[str]
     if settings.pool not in ("avg", "last"):
         raise PlatonicError(f"language pooling must be avg or last, got {settings.pool!r}")
     todo = {}
+    weights = language.weights_identity(spec)
     for level, texts in texts_by_level.items():
         path = _output_path(settings, level, spec.id, settings.pool)
-        fingerprint = language_fingerprint(spec, settings, texts)
+        fingerprint = language_fingerprint(spec, settings, texts, weights)
         if _is_current(path, fingerprint, settings.force_remake):
             stats.reused.append(path)
         else:
@@ -202,8 +212,10 @@ def _encode_levels(lm: language.LanguageModel, spec: ModelSpec, texts_by_level: 
 # ---- vision -----------------------------------------------------------------------------------
 
 def vision_fingerprint(spec: ModelSpec, settings: Settings, images_sha: str) -> str:
+    """Everything the features depend on: model and weights, images, and every setting."""
     return sha256_of({
         "extractor": EXTRACTOR_VERSION, "model": spec.id, "revision": spec.options.get("revision"),
+        "weights": vision.weights_identity(spec),
         "images": images_sha, "noise_percentage": settings.noise_percentage,
         "noise_seed": settings.noise_seed, "storage_dtype": settings.dtype,
         "compute_dtype": str(settings.compute_dtype),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,12 +66,35 @@ def feature_path(root: str | os.PathLike, dataset: str, subset: str | None, mode
 
 
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    return _sha256_of_named((name, tensors[name]) for name in sorted(tensors))
+
+
+def _sha256_of_named(named: Iterable[tuple[str, torch.Tensor]]) -> str:
     h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().contiguous().cpu()
+    for name, tensor in named:
+        t = tensor.detach().contiguous().cpu()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def verified_fingerprint(path: str | os.PathLike) -> str:
+    """The file's recorded `content_sha256`, after checking that its tensors still have it (one
+    tensor in memory at a time); a damaged or edited file is an error, never a reused input."""
+    path = Path(path)
+    meta = read_meta(path)
+    if path.suffix == ".pt":
+        return meta["content_sha256"]
+    with safe_open(str(path), framework="pt") as f:
+        actual = _sha256_of_named((name, f.get_tensor(name)) for name in sorted(f.keys()))  # noqa: SIM118
+    _check_content(path, meta, actual)
+    return meta["content_sha256"]
+
+
+def _check_content(path: Path, meta: dict[str, Any], actual: str) -> None:
+    if meta.get("content_sha256") != actual:
+        raise PlatonicError(f"{path}: its tensors do not match their recorded SHA-256 (a damaged "
+                            "or edited file); extract it again")
 
 
 def save_features(path: str | os.PathLike, feats: torch.Tensor, meta: dict[str, Any],
@@ -136,6 +160,7 @@ def load_features(path: str | os.PathLike, device: str | torch.device = "cpu") -
         tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
     if FEATS not in tensors:
         raise PlatonicError(f"{path}: no '{FEATS}' tensor")
+    _check_content(path, meta, tensors_sha256(tensors))
     feats = tensors.pop(FEATS)
     check_feats(feats, path)
     return FeatureFile(feats, meta, tensors, path)

@@ -22,12 +22,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from platonic import identity
 from platonic.errors import PlatonicError, first_line
+from platonic.identity import file_sha256
 from platonic.models import ModelSpec
-from platonic.storage import sha256_file
+from platonic.storage import cache_root
 
 MAX_PAD_RATIO = 1.2
-CACHE_ENV = "PLATONIC_CACHE"
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
 
@@ -58,10 +59,6 @@ class TextFeatures:
     batch_sizes: list[int] = field(default_factory=list)
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "platonic")
-
-
 def compute_dtype(device: str, requested: str | None = None) -> torch.dtype:
     """fp32 on the CPU or on request; on a GPU bf16 where supported (compute capability >= 8), else fp16."""
     if requested == "float32" or not device.startswith("cuda"):
@@ -74,6 +71,11 @@ def compute_dtype(device: str, requested: str | None = None) -> torch.dtype:
 def _source_path(spec: ModelSpec) -> str:
     source = spec.options.get("source")
     return str(source()) if callable(source) else str(source or spec.id)
+
+
+def weights_identity(spec: ModelSpec) -> dict:
+    """What identifies the weights (and config, tokenizer) that `load_language_model` would load."""
+    return identity.weights_identity(_source_path(spec), spec.options.get("revision"))
 
 
 def _load_kwargs(device: str, dtype: torch.dtype, qlora: bool) -> dict:
@@ -113,7 +115,7 @@ def gguf_cache_dir(gguf: Path, dtype: torch.dtype) -> Path:
     """Cache folder of a de-quantised GGUF model, keyed by the file's content and the loader."""
     import transformers
 
-    key = sha256_file(gguf)[:16] + f"-tf{transformers.__version__}-{str(dtype).removeprefix('torch.')}"
+    key = file_sha256(gguf)[:16] + f"-tf{transformers.__version__}-{str(dtype).removeprefix('torch.')}"
     return cache_root() / "gguf" / f"{gguf.stem}-{key}"
 
 

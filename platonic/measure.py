@@ -23,7 +23,7 @@ from platonic.alignment import LayerKernels, best_of_grid, load_kernels, score_g
 from platonic.data import dataset_label, parse_levels
 from platonic.devices import pick_device
 from platonic.errors import PlatonicError
-from platonic.features import read_meta, resolve_feature_file
+from platonic.features import read_meta, resolve_feature_file, verified_fingerprint
 from platonic.models import get_models
 from platonic.results import (
     AlignmentResult,
@@ -88,10 +88,6 @@ def feature_files(args: argparse.Namespace, side: Side, in_dir: Path) -> list[Pa
             for m in side.models]
 
 
-def file_fingerprint(path: Path) -> str:
-    return read_meta(path)["content_sha256"]
-
-
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     """Everything besides the inputs that changes a score."""
     return {"metric": args.metric, "topk": args.topk, "normalize": True,
@@ -150,8 +146,8 @@ def measure_level(args: argparse.Namespace, x: Side, y: Side, level: int | None,
     out = alignment_path(out_dir, args.dataset, args.subset, args.modelset, x.modality, x.pool,
                          x.prompt, y.modality, y.pool, y.prompt, args.metric, args.topk)
     settings = settings_of(args)
-    fps_x = [file_fingerprint(p) for p in paths_x]
-    fps_y = [file_fingerprint(p) for p in paths_y]
+    fps_x = [verified_fingerprint(p) for p in paths_x]
+    fps_y = [verified_fingerprint(p) for p in paths_y]
     old = previous_result(out, settings, args.force_remake)
     if holds_exactly(old, x, y, fps_x, fps_y):
         print(f"up to date: {out}")

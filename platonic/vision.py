@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from platonic import identity
 from platonic.errors import PlatonicError, first_line
 from platonic.models import ModelSpec
 
@@ -107,6 +108,31 @@ def load_checkpoint_safely(model: torch.nn.Module, checkpoint: Path) -> None:
     if not isinstance(state, dict):
         raise PlatonicError(f"{checkpoint}: holds no state dict")
     model.load_state_dict(clean_state_dict(state))
+
+
+def weights_identity(spec: ModelSpec) -> dict:
+    """What identifies the weights `load_vision_model` would load: a seed, the content of a
+    local file, or the Hub commit of timm's pretrained weights."""
+    options = spec.options
+    name, _, checkpoint = spec.id.partition("@")
+    if "random_init_seed" in options:
+        return {"random_init_seed": int(options["random_init_seed"])}
+    if "source" in options:
+        return identity.weights_identity(str(options["source"]()))
+    if checkpoint:
+        return identity.weights_identity(checkpoint)
+    return identity.weights_identity(_timm_hub_id(options.get("timm_name", name)), options.get("revision"))
+
+
+def _timm_hub_id(name: str) -> str:
+    """The Hub repository timm downloads a pretrained model from (else the timm name itself)."""
+    from timm.models import get_pretrained_cfg
+
+    try:
+        cfg = get_pretrained_cfg(name)
+    except Exception:  # an unknown name: the loader reports it
+        return name
+    return getattr(cfg, "hf_hub_id", None) or name
 
 
 def load_vision_model(spec: ModelSpec, device: str = "cpu", dtype: torch.dtype = torch.float32) -> VisionModel:

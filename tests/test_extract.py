@@ -303,3 +303,62 @@ def test_a_checkpoint_is_never_unpickled(tmp_path, monkeypatch):
     with pytest.raises(PlatonicError, match="evil.pth: not a weights-only checkpoint"):
         load_vision_model(ModelSpec(f"test_vit@{path}", VISION, "test", "tiny"))
     assert not marker.exists()
+
+
+def test_a_local_model_whose_weights_change_is_extracted_again(tmp_path, tiny_llama_dir, captions):
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_llama_dir, folder)
+    settings = _settings(tmp_path)
+    first = RunStats()
+    extract_language(_spec(folder), {0: captions}, settings, first)
+    before = load_features(first.written[0]).feats.clone()
+    again = RunStats()
+    extract_language(_spec(folder), {0: captions}, settings, again)
+    assert len(again.reused) == 1 and not again.loads
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.mul_(2)
+    model.save_pretrained(folder)
+    changed = RunStats()
+    extract_language(_spec(folder), {0: captions}, settings, changed)
+    assert len(changed.written) == 1 and sum(changed.loads.values()) == 1
+    assert not torch.equal(load_features(changed.written[0]).feats, before)
+    left = RunStats()
+    extract_language(_spec(folder), {0: captions}, _settings(tmp_path, padding_side="left"), left)
+    assert len(left.written) == 1  # the padding side is part of the fingerprint
+
+
+def test_a_damaged_feature_file_is_not_reused(tmp_path, tiny_llama_dir, captions):
+    settings = _settings(tmp_path)
+    first = RunStats()
+    extract_language(_spec(tiny_llama_dir), {0: captions}, settings, first)
+    path = first.written[0]
+    original = load_features(path).feats.clone()
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF  # a flipped bit in the last tensor's bytes, header intact
+    path.write_bytes(bytes(data))
+    with pytest.raises(PlatonicError, match="do not match their recorded SHA-256"):
+        load_features(path)
+    again = RunStats()
+    extract_language(_spec(tiny_llama_dir), {0: captions}, settings, again)
+    assert again.written == [path] and not again.reused
+    torch.testing.assert_close(load_features(path).feats, original)
+
+
+def test_file_hashes_are_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
+    from platonic import identity
+    from platonic.storage import sha256_file
+
+    monkeypatch.setenv("PLATONIC_CACHE", str(tmp_path / "cache"))
+    calls = []
+    monkeypatch.setattr(identity, "sha256_file", lambda p: calls.append(p) or sha256_file(p))
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(b"one")
+    assert identity.file_sha256(weights) == sha256_file(weights) and len(calls) == 1
+    assert identity.file_sha256(weights) == sha256_file(weights) and len(calls) == 1
+    weights.write_bytes(b"two!")
+    assert identity.file_sha256(weights) == sha256_file(weights) and len(calls) == 2

@@ -240,3 +240,14 @@ def test_padded_layers_are_clamped_over_their_real_entries(tmp_path):
     assert result.scores[0, 0] == pytest.approx(score, abs=1e-6)
     wrong, _, _ = alignment.exhaustive_search(alignment.prepare_features(feats), x, "cka")
     assert abs(wrong - score) > 1e-4  # the padding-blind clamp gives another score
+
+
+def test_a_damaged_feature_file_is_an_error_even_when_the_result_is_reused(tmp_path):
+    write_models(tmp_path / "feats")
+    run(tmp_path)
+    path = feature_path(tmp_path / "feats", "toy", "s", "vit_z", "cls")
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(PlatonicError, match="vit_z_pool-cls.safetensors: its tensors do not match"):
+        run(tmp_path)
