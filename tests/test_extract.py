@@ -218,17 +218,26 @@ def test_vit_gives_cls_after_every_block():
     torch.testing.assert_close(out.feats, torch.stack(seen, dim=1), atol=1e-5, rtol=1e-4)
 
 
-def test_cnn_gives_pooled_stages_zero_padded():
+def test_cnn_gives_pooled_stages_and_head_zero_padded():
+    """Against forward hooks on the stage modules timm names in `feature_info` and on the head
+    (the final norm before global pooling), during the model's own forward pass."""
     vm = load_vision_model(ModelSpec("test_efficientnet", VISION, "test", "tiny", options={"random_init_seed": 0}))
     out = encode_images(vm, _images(), batch_size=4)
+    modules = dict(vm.model.named_modules())
+    names = [info["module"] for info in vm.model.feature_info] + ["bn2"]
+    seen = {}
+    hooks = [modules[name].register_forward_hook(
+        lambda m, i, o, name=name: seen.__setitem__(name, o.mean(dim=(2, 3)))) for name in names]
     with torch.inference_mode():
-        x = torch.stack([vm.transform(img) for img in _images()])
-        stages = vm.model.forward_intermediates(x, intermediates_only=True)
-    for k, stage in enumerate(stages):
-        width = stage.shape[1]
-        torch.testing.assert_close(out.feats[:, k, :width], stage.mean(dim=(2, 3)), atol=1e-5, rtol=1e-4)
+        vm.model(torch.stack([vm.transform(img) for img in _images()]))
+    for hook in hooks:
+        hook.remove()
+    assert out.feats.shape[1] == len(names)
+    assert out.layer_dims == [seen[name].shape[1] for name in names]
+    for k, name in enumerate(names):
+        width = seen[name].shape[1]
+        torch.testing.assert_close(out.feats[:, k, :width], seen[name], atol=1e-5, rtol=1e-4)
         assert not out.feats[:, k, width:].any()
-    assert out.layer_dims[: len(stages)] == [s.shape[1] for s in stages]
 
 
 def test_images_encoded_once_and_linked_into_every_level(tmp_path):

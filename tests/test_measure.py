@@ -142,8 +142,12 @@ def test_nan_names_file_and_layer_with_one_line_and_exit_2(tmp_path):
 
 
 def test_unknown_metric_is_rejected_by_the_cli(tmp_path):
-    with pytest.raises(SystemExit):
-        main(["--metric", "nope"])
+    proc = subprocess.run([sys.executable, str(ROOT / "measure_alignment.py"), "--metric", "nope",
+                           "--input_dir", str(tmp_path / "feats"), "--output_dir", str(tmp_path / "align")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "argument --metric: invalid choice: 'nope'" in proc.stderr
+    assert not (tmp_path / "align").exists()
 
 
 def count_score_grids(monkeypatch) -> list[int]:
