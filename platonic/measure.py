@@ -91,7 +91,8 @@ def feature_files(args: argparse.Namespace, side: Side, in_dir: Path) -> list[Pa
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     """Everything besides the inputs that changes a score."""
     return {"metric": args.metric, "topk": args.topk, "normalize": True,
-            "outlier_quantile": 0.95, "precise": args.precise, "order": "metric(y, x)"}
+            "outlier_quantile": 0.95, "outlier_entries": "real (padding excluded)",
+            "precise": args.precise, "order": "metric(y, x)"}
 
 
 def previous_result(path: Path, settings: dict[str, Any], force: bool) -> AlignmentResult | None:
