@@ -14,6 +14,12 @@ from typing import Any
 from platonic.errors import PlatonicError
 
 LEVEL_PLACEHOLDER = "{}"
+CACHE_ENV = "PLATONIC_CACHE"
+
+
+def cache_root() -> Path:
+    """Where derived, re-creatable data (de-quantised GGUF models, file hashes) is kept."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "platonic")
 
 
 @contextlib.contextmanager
