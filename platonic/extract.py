@@ -35,6 +35,7 @@ from platonic.data import (
 )
 from platonic.errors import PlatonicError
 from platonic.features import feature_path, read_meta, save_features
+from platonic.hub_vision import TRANSFORMERS, is_hub_vision, vision_loader
 from platonic.models import LANGUAGE, MODEL_SETS, VISION, ModelSpec, get_model, get_models
 from platonic.storage import atomic_path, level_dir, sha256_of
 
@@ -199,6 +200,7 @@ def vision_fingerprint(spec: ModelSpec, settings: Settings, images_sha: str) -> 
         "noise_seed": settings.noise_seed, "storage_dtype": settings.dtype,
         "compute_dtype": str(settings.compute_dtype),
         "random_init_seed": spec.options.get("random_init_seed"),
+        **({"loader": TRANSFORMERS} if vision_loader(spec) == TRANSFORMERS else {}),
     })
 
 
@@ -275,14 +277,20 @@ def run_extraction(language_specs: list[ModelSpec], vision_specs: list[ModelSpec
 
 
 def guess_modality(model_id: str) -> str:
-    """A model named on the command line: registered, a timm name / checkpoint, or a language model."""
+    """A model named on the command line: registered, a timm name / checkpoint, a transformers
+    vision model (by its config in a local folder or the local Hub cache, else by its name; see
+    `platonic.hub_vision.is_hub_vision`), or else a language model."""
     import timm
 
     for spec in _registered():
         if spec.id == model_id:
             return spec.modality
     name = model_id.partition("@")[0]
-    return VISION if "@" in model_id or timm.is_model(name.split(".")[0]) else LANGUAGE
+    if "@" in model_id or timm.is_model(name.split(".")[0]):
+        return VISION
+    if model_id.endswith(".gguf"):
+        return LANGUAGE
+    return VISION if is_hub_vision(model_id) else LANGUAGE
 
 
 def _registered() -> list[ModelSpec]:
