@@ -16,6 +16,10 @@ Statistics, and why they are computed this way:
   a family's rho is the mean over sizes;
 - across-level statistics use only the model pairs present at every level, so that a model added
   at some levels cannot fake a trend;
+- slope vs uniqueness: Spearman rho of each vision model's slope against the level (how the
+  link between language performance and alignment changes as captions become unique);
+- chance (results measured with `--null`): per level, the means over model pairs of the null
+  mean, its 95th percentile and the calibrated score, and the number of pairs with p < 0.05;
 - an undefined statistic (fewer than 3 levels, fewer than 2 language models with performance, a
   constant axis) is NaN, shown as "undefined".
 """
@@ -37,7 +41,7 @@ from platonic.data import ALL_LEVELS
 from platonic.errors import PlatonicError
 from platonic.features import load_features, resolve_feature_file
 from platonic.models import LANGUAGE, VISION, get_model
-from platonic.results import AlignmentResult, alignment_path, load_result
+from platonic.results import CALIBRATION_COLUMNS, AlignmentResult, alignment_path, load_result
 from platonic.storage import level_dir, write_text
 
 DEFAULT_LEVELS: tuple[int, ...] = ALL_LEVELS
@@ -50,8 +54,9 @@ UNDEFINED = "undefined"
 
 TIDY_COLUMNS = [
     "level", "language_model", "vision_model", "vision_family", "vision_size", "metric", "topk",
-    "score", "layer_language", "layer_vision", "bits_per_byte",
+    "score", "layer_language", "layer_vision", "bits_per_byte", *CALIBRATION_COLUMNS,
 ]
+SIGNIFICANCE = 0.05
 
 
 @dataclass(frozen=True)
@@ -137,6 +142,8 @@ class StudySummary:
     overall_ci: tuple[float, float]
     panel_levels: list[int]
     notes: list[str]
+    slope_trends: pd.DataFrame = field(default_factory=pd.DataFrame)
+    chance: pd.DataFrame | None = None
 
 
 def check_levels(levels: list[int]) -> list[int]:
@@ -183,7 +190,9 @@ def _result_rows(spec: StudySpec, result: AlignmentResult, level: int) -> list[d
                 idx if spec.language_is_x else idx[::-1])
             vision = get_model(vm, VISION)
             family = family_index.setdefault(vision.family, len(family_index))
+            cal = result.calibration.get((i, j))
             rows.append({
+                **{c: math.nan if cal is None else getattr(cal, c) for c in CALIBRATION_COLUMNS},
                 "level": level, "language_model": lm, "vision_model": vm,
                 "vision_family": vision.family, "vision_size": vision.size,
                 "metric": result.metric, "topk": result.topk, "score": float(result.scores[i, j]),
@@ -380,6 +389,32 @@ def performance_slopes(study: Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def slope_trends(slopes: pd.DataFrame, levels: list[int]) -> pd.DataFrame:
+    """Spearman rho of each vision model's performance slope against the level."""
+    rows = []
+    for vm, group in slopes.groupby("vision_model", sort=False):
+        by_level = group.set_index("level")["slope"].reindex(levels)
+        rows.append({"vision_model": vm, "vision_family": group["vision_family"].iloc[0],
+                     "vision_size": group["vision_size"].iloc[0],
+                     "rho": spearman_rho(np.asarray(levels, dtype=float), by_level.to_numpy())})
+    return pd.DataFrame(rows, columns=["vision_model", "vision_family", "vision_size", "rho"])
+
+
+def chance_by_level(study: Study) -> pd.DataFrame | None:
+    """Per level, over model pairs with a null: mean score, null mean, null 95th percentile,
+    calibrated score, and pairs with p < 0.05; None when no result holds a null."""
+    rows = study.frame.dropna(subset=["null_mean"])
+    if rows.empty:
+        return None
+    grouped = rows.groupby("level", sort=True)
+    return pd.DataFrame({
+        "mean_score": grouped["score"].mean(), "null_mean": grouped["null_mean"].mean(),
+        "null_p95": grouped["null_p95"].mean(), "calibrated": grouped["calibrated"].mean(),
+        "significant": grouped["p_value"].apply(lambda p: int((p < SIGNIFICANCE).sum())),
+        "n_pairs": grouped.size(),
+    }).reset_index()
+
+
 def mean_family_slope(slopes: pd.DataFrame, family: str, levels: list[int]) -> float:
     chosen = slopes[(slopes["vision_family"] == family) & slopes["level"].isin(levels)]
     return _nanmean(list(chosen["slope"]))
@@ -426,7 +461,8 @@ def summarise(study: Study, panel_levels: list[int] | None = None) -> StudySumma
         level_means=means, families=families, slopes=slopes, pairs=pair_trends(study),
         overall_rho=mean_rho(levels, overall),
         overall_ci=bootstrap_mean_rho(levels, overall), panel_levels=panels,
-        notes=list(study.notes),
+        notes=list(study.notes), slope_trends=slope_trends(slopes, study.levels),
+        chance=chance_by_level(study),
     )
 
 
@@ -436,6 +472,8 @@ def write_tidy_csv(study: Study, path: str | os.PathLike) -> Path:
     """One row per (level, language model, vision model): score, best layers, bits per byte."""
     frame = study.frame.sort_values(["level", "language_order", "vision_order"])[TIDY_COLUMNS]
     frame = frame.astype({"layer_language": "Int64", "layer_vision": "Int64"})
+    if frame["null_mean"].isna().all():
+        frame = frame.drop(columns=CALIBRATION_COLUMNS)
     write_text(path, frame.to_csv(index=False, lineterminator="\n"))
     return Path(path)
 
@@ -486,6 +524,8 @@ def render_summary(study: Study, summary: StudySummary,
         markdown_table(["family", "sizes", "mean rho", "95% CI", "mean slope"],
                        [[r.family, str(r.n_sizes), fmt(r.mean_rho), _ci(r.ci_low, r.ci_high),
                          fmt(r.mean_slope)] for r in summary.families.itertuples()]),
+        *_slope_sections(study, summary),
+        *_chance_sections(summary),
         "## Per language model / vision model pair",
         markdown_table(["language model", "vision model", "rho across levels"],
                        [[r.language_model, r.vision_model, fmt(r.rho)]
@@ -496,6 +536,50 @@ def render_summary(study: Study, summary: StudySummary,
     if outputs:
         parts += ["## Files", "\n".join(f"- {path}" for path in outputs)]
     return "\n\n".join(parts) + "\n"
+
+
+def _slope_sections(study: Study, summary: StudySummary) -> list[str]:
+    """Slope of alignment on language performance at every level, and its trend with level."""
+    wide = summary.slopes.pivot_table(index="level", columns="vision_model", values="slope",
+                                      aggfunc="mean", dropna=False)
+    visions = [vm for vm in study.vision_models() if vm in wide.columns]
+    if wide.empty or not visions or wide[visions].isna().all().all():
+        return []
+    labels = [_vision_label(study, vm) for vm in visions]
+    trends = summary.slope_trends.set_index("vision_model")["rho"]
+    return [
+        "## Slope per level",
+        "OLS slope of alignment on language performance (-bits per byte) across the language "
+        "models with a performance, per vision model and level; last row: Spearman rho of the "
+        "slope against the level (negative: performance matters less as captions become unique).",
+        markdown_table(["level", *labels],
+                       [[str(level), *(fmt(wide.loc[level, vm]) for vm in visions)]
+                        for level in wide.index]
+                       + [["rho vs level", *(fmt(trends.get(vm, math.nan)) for vm in visions)]]),
+    ]
+
+
+def _vision_label(study: Study, model: str) -> str:
+    row = study.frame[study.frame["vision_model"] == model].iloc[0]
+    return f"{row['vision_family']} {row['vision_size']}".strip()
+
+
+def _chance_sections(summary: StudySummary) -> list[str]:
+    chance = summary.chance
+    if chance is None:
+        return []
+    return [
+        "## Alignment against chance",
+        "From `--null`: each pair's score against its permutation null (random "
+        "pairings of the samples through the same best-over-layer-pairs search). Means over "
+        "model pairs; calibrated = (score - null mean) / (1 - null mean); significant: pairs "
+        f"with permutation p < {SIGNIFICANCE}.",
+        markdown_table(["level", "mean score", "null mean", "null 95th pct", "calibrated",
+                        "significant"],
+                       [[str(r.level), fmt(r.mean_score, 4), fmt(r.null_mean, 4),
+                         fmt(r.null_p95, 4), fmt(r.calibrated, 4),
+                         f"{r.significant} / {r.n_pairs}"] for r in chance.itertuples()]),
+    ]
 
 
 def write_summary(study: Study, summary: StudySummary, path: str | os.PathLike,
