@@ -23,7 +23,9 @@ metrics the metric itself runs on the resampled rows of the two chosen layers.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from typing import Any
@@ -111,16 +113,36 @@ def mutual_knn_null(kx: LayerKernels, ky: LayerKernels, topk: int,
                     perms: torch.Tensor) -> np.ndarray:
     """Best-over-layer-pairs mutual kNN of x against each row-permuted y: one gather each."""
     metrics.check_topk(topk, kx.n)
-    members = torch.stack([kx.membership(topk, a) for a in range(len(kx))])  # [Lx+1, N, N]
-    knn_y = ky.knn(topk)  # [Ly+1, N, k]
     n, ly = kx.n, len(ky)
+    # (i * N + j, a) -> 1 if j is among x candidate a's neighbours of i: one byte row per entry,
+    # so a permutation's hits are a gather of contiguous rows and one sum
+    members = torch.stack([kx.membership(topk, a).view(-1) for a in range(len(kx))], dim=1)
+    members = members.to(torch.uint8)
+    knn_y = ky.knn(topk)  # [Ly+1, N, k]
+    row_start = torch.arange(n, device=knn_y.device)[:, None] * n
     out = np.empty(len(perms))
-    for p, perm in enumerate(perms.to(knn_y.device)):
-        index = permute_knn(knn_y, perm).transpose(0, 1).reshape(n, ly * topk)
-        hits = members.gather(2, index.expand(len(kx), -1, -1))
-        grid = hits.view(len(kx), n, ly, topk).sum(dim=(1, 3), dtype=torch.float64) / (n * topk)
-        out[p] = best_of_grid(grid.cpu().numpy())[0]
+    with one_cpu_thread(knn_y.device):
+        for p, perm in enumerate(perms.to(knn_y.device)):
+            positions = (permute_knn(knn_y, perm) + row_start).view(-1)
+            hits = members.index_select(0, positions).view(ly, n * topk, len(kx))
+            grid = hits.sum(dim=1, dtype=torch.int64).T.double() / (n * topk)  # [Lx+1, Ly+1]
+            out[p] = best_of_grid(grid.cpu().numpy())[0]
     return out
+
+
+@contextlib.contextmanager
+def one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """Small index operations on the CPU run on one thread: thread hand-offs would cost more
+    than the work (several times more on a busy machine). The thread count is restored."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def permutation_null(kx: LayerKernels, ky: LayerKernels, metric: str, topk: int | None,
