@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--modelset", default="val", help=f"one of {', '.join(model_set_names())}")
     models.add_argument("--models", default=None,
                         help="comma list of model ids instead of a set: Hub id, local folder, .gguf "
-                             "file, timm name, or 'timm_arch@/path/checkpoint'")
+                             "file, timm name, or 'timm_arch@/path/checkpoint'; Hub vision ids "
+                             "(dinov2, clip, siglip, ...) load through transformers")
     models.add_argument("--modality", default="all", choices=["language", "vision", "all"])
     models.add_argument("--pool", default="avg", choices=["avg", "last", "cls"],
                         help="language pooling (avg or last); vision always uses cls (ViT CLS / CNN pooled)")

@@ -44,7 +44,7 @@ def driver_env(tmp_path_factory, tiny_llama_dir) -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "PLATONIC_CUSTOM_MODELS": str(models),
             "MODELSET": "custom", "DATASET": "embedded", "NUM_SAMPLES": "48",
             "LEVELS": ",".join(map(str, LEVELS)), "TOPK": str(TOPK), "DEVICE": "cpu",
-            "BATCH_SIZE": "16"}
+            "BATCH_SIZE": "16", "NULL": "30"}
 
 
 def _start(base: Path, env: dict[str, str]) -> subprocess.Popen:
@@ -99,6 +99,7 @@ def test_full_run_writes_every_output(full_run, tiny_llama_dir):
         json_path = _alignment_json(base, level)
         result = load_result(json_path, with_grids=True)
         assert result.scores.shape == (2, 1) and len(result.grids) == 2
+        assert [result.calibration[(i, 0)].n_null for i in range(2)] == [30, 30]
         assert csv_path(json_path).exists() and grids_path(json_path).exists()
     plots = _plot_folder(base)
     stems = [f"heatmap_u={level}" for level in LEVELS] + [
@@ -108,7 +109,7 @@ def test_full_run_writes_every_output(full_run, tiny_llama_dir):
             assert (plots / (stem + suffix)).stat().st_size > 0, stem + suffix
     assert (plots / "alignment.csv").read_text().count("\n") == 1 + len(LEVELS) * 2
     summary = (plots / "summary.md").read_text()
-    assert "Overall Spearman rho" in summary
+    assert "Overall Spearman rho" in summary and "## Alignment against chance" in summary
     assert f"plots and tables: {plots}" in proc.stdout
     assert "Overall Spearman rho" in proc.stdout and "## Mean alignment per level" in proc.stdout
     assert not _leftovers(base)

@@ -179,3 +179,25 @@ def test_loader_field_and_bad_hub_id_is_one_line_error():
         vision_loader(ModelSpec("x", VISION, "f", "s", options={"loader": "keras"}))
     with pytest.raises(PlatonicError, match="cannot load vision model 'nobody/no-such-vit'"):
         load_vision_model(get_model("nobody/no-such-vit", VISION))
+
+
+def test_extract_cli_routes_a_hub_vision_folder(hub_folders, tiny_llama_dir, tmp_path):
+    """`--modality all --models <dinov2 folder> <llama folder>`: one vision, one language file,
+    the vision one equal to the features of the transformers path."""
+    from platonic.features import feature_path, load_features
+
+    root = Path(__file__).resolve().parents[1]
+    folder = hub_folders["dinov2"]
+    proc = subprocess.run(
+        [sys.executable, str(root / "extract_features.py"), "--dataset", "embedded",
+         "--num_samples", "5", "--modality", "all", "--models", f"{folder},{tiny_llama_dir}",
+         "--output_dir", str(tmp_path / "f"), "--dtype", "float32"],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    vision = load_features(feature_path(tmp_path / "f", "embedded", "seed0", folder, "cls"))
+    assert vision.meta["modality"] == VISION and vision.feats.shape == (5, DEPTH, WIDTH)
+    from platonic.data import load_data
+
+    expected = torch.stack(_hooked_layers(folder, "dinov2", load_data("embedded", "seed0", 5).images), 1)
+    torch.testing.assert_close(vision.feats, expected, rtol=1e-4, atol=1e-5)
+    assert feature_path(tmp_path / "f", "embedded", "seed0", str(tiny_llama_dir), "avg").exists()
