@@ -16,9 +16,11 @@ Reported: null mean, its 95th percentile, the permutation p-value (1 + #{null >=
 score (score - null mean) / (1 - null mean): 0 at chance, 1 at the maximum score of 1.
 
 Bootstrap CI (95% percentile interval) of the score at the chosen layer pair, resampling samples
-with replacement: for mutual_knn the per-sample overlaps |kNN_x(i) & kNN_y(i)| / k are resampled
-(neighbour lists from the full sample, so no duplicate becomes its own neighbour); for other
-metrics the metric itself runs on the resampled rows of the two chosen layers.
+with replacement: for the kNN metrics, whose score is a mean of per-sample terms (mutual_knn's
+|kNN_x(i) & kNN_y(i)| / k, ...), those terms are resampled (neighbour lists from the full sample,
+so no duplicate becomes its own neighbour); for cka and unbiased_cka the metric runs on the
+resampled rows of the two chosen layers. cknna and svcca get no CI (NaN, shown as undefined):
+duplicated rows would be each other's nearest neighbours, or inflate canonical correlations.
 """
 
 from __future__ import annotations
@@ -34,11 +36,13 @@ import numpy as np
 import torch
 
 from platonic import metrics
-from platonic.alignment import LayerKernels, best_of_grid, metric_kwargs, score_grid
+from platonic.alignment import LayerKernels, best_of_grid, score_grid
 from platonic.errors import PlatonicError
 
 N_BOOTSTRAP = 1000
 FAST_NULL_METRICS = ("mutual_knn",)
+PER_SAMPLE_METRICS = ("mutual_knn", "cycle_knn", "lcs_knn", "edit_distance_knn")
+RESAMPLED_METRICS = ("cka", "unbiased_cka")
 
 
 @dataclass(frozen=True)
@@ -155,9 +159,20 @@ def permutation_null(kx: LayerKernels, ky: LayerKernels, metric: str, topk: int 
     return null, "permuted kernels (the metric's grid per permutation)"
 
 
-def _mutual_knn_rows(kx: LayerKernels, ky: LayerKernels, topk: int, a: int, b: int) -> np.ndarray:
-    hits = kx.membership(topk, a).gather(1, ky.knn(topk)[b])
-    return hits.sum(dim=1, dtype=torch.float64).cpu().numpy() / topk
+def per_sample_terms(kx: LayerKernels, ky: LayerKernels, metric: str, topk: int, a: int,
+                     b: int) -> np.ndarray:
+    """The per-sample terms whose mean is a kNN metric's score, at candidates (a, b)."""
+    knn_a, knn_b = kx.knn(topk)[a], ky.knn(topk)[b]
+    if metric == "mutual_knn":
+        terms = kx.membership(topk, a).gather(1, knn_b).sum(dim=1, dtype=torch.float64) / topk
+    elif metric == "cycle_knn":
+        own = torch.arange(kx.n, device=knn_a.device).view(-1, 1, 1)
+        terms = (knn_a[knn_b] == own).flatten(1).any(dim=1).double()
+    elif metric == "lcs_knn":
+        terms = metrics.lcs_lengths(knn_a, knn_b).double()
+    else:
+        terms = 1.0 - metrics.edit_distances(knn_a, knn_b).double() / topk
+    return terms.cpu().numpy()
 
 
 def bootstrap_ci(kx: LayerKernels, ky: LayerKernels, metric: str, topk: int | None,
@@ -168,14 +183,14 @@ def bootstrap_ci(kx: LayerKernels, ky: LayerKernels, metric: str, topk: int | No
     a, b = layers[0] + 1, layers[1] + 1
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, kx.n, size=(n_boot, kx.n))
-    if metric == "mutual_knn" and not extra:
-        rows = _mutual_knn_rows(kx, ky, topk, a, b)
-        values = rows[draws].mean(axis=1)
-    else:
+    if metric in PER_SAMPLE_METRICS:
+        values = per_sample_terms(kx, ky, metric, topk, a, b)[draws].mean(axis=1)
+    elif metric in RESAMPLED_METRICS:
         fn = metrics.get_metric(metric).fn
-        kwargs = metric_kwargs(metric, topk, extra)
         x, y = kx.candidates[a], ky.candidates[b]
-        values = np.array([fn(x[d], y[d], **kwargs) for d in torch.from_numpy(draws)])
+        values = np.array([fn(x[d], y[d], **extra) for d in torch.from_numpy(draws)])
+    else:
+        return math.nan, math.nan
     low, high = np.percentile(values, [2.5, 97.5])
     return float(low), float(high)
 

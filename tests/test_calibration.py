@@ -152,3 +152,26 @@ def test_measure_bad_null_is_one_line_error(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "at least 1 permutation" in proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("metric", ["mutual_knn", "cycle_knn", "lcs_knn", "edit_distance_knn"])
+def test_per_sample_terms_average_to_the_metric(metric):
+    """The terms the bootstrap resamples: their mean is the published metric on that layer pair."""
+    from platonic.calibration import per_sample_terms
+    from platonic.metrics import get_metric
+
+    x, y = _pair(6, n=40, shared_weight=2.0)
+    terms = per_sample_terms(LayerKernels(x), LayerKernels(y), metric, 4, 3, 1)
+    xa = torch.nn.functional.normalize(x[:, 2], dim=-1)
+    yb = torch.nn.functional.normalize(y[:, 0], dim=-1)
+    assert terms.shape == (40,)
+    assert terms.mean() == pytest.approx(get_metric(metric).fn(xa, yb, topk=4))
+
+
+def test_bootstrap_ci_of_cka_and_none_for_cknna():
+    x, y = _pair(7, n=40, shared_weight=2.0)
+    kx, ky = LayerKernels(x), LayerKernels(y)
+    low, high = bootstrap_ci(kx, ky, "cka", None, (2, 1), n_boot=50, seed=0)
+    score = compute_score(x[:, 2:3], y[:, 1:2], "cka")[0]
+    assert low <= score <= high
+    assert all(np.isnan(bootstrap_ci(kx, ky, "cknna", 5, (2, 1), n_boot=50, seed=0)))
