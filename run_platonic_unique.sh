@@ -29,6 +29,8 @@ Each option may also be given as an environment variable of the same name in cap
   --levels SPEC        'all', '0,50,100', '0:100:10' or '0,10,...,100' (default: all = 0,10,...,100)
   --metric NAME        alignment metric (default: mutual_knn)
   --topk K             neighbours for kNN metrics (default: 10)
+  --null N             permutations of the null distribution of every score (chance band,
+                       p-values, calibrated scores; default: 100; 0: off)
   --num_samples N      first N image-caption pairs (default: all; embedded: 512)
   --device NAME        cpu, cuda, cuda:1 (default: cuda if available)
   --batch_size N       captions/images per forward pass (default: 32)
@@ -52,7 +54,7 @@ On a Ray cluster (every node with this repository and its .venv at the same path
 EOF
 }
 
-OPTIONS=(BASE_DIR MODELSET DATASET SUBSET CAPTIONS LEVELS METRIC TOPK NUM_SAMPLES DEVICE
+OPTIONS=(BASE_DIR MODELSET DATASET SUBSET CAPTIONS LEVELS METRIC TOPK NULL NUM_SAMPLES DEVICE
   BATCH_SIZE PLOT_DIR RAY)
 LOCAL_RAY=local # --ray without a value: what `--ray` alone means to the Python stages
 GRACE_SECONDS=20 # how long a stopped stage may take to clean up before it is killed
@@ -159,7 +161,7 @@ extract() {
 
 measure() {
   local args=(--modelset "$MODELSET" --dataset "$DATASET" --subset "$SUBSET"
-    --levels "$LEVEL_LIST" --metric "$METRIC" --topk "$TOPK"
+    --levels "$LEVEL_LIST" --metric "$METRIC" --topk "$TOPK" --null "$NULL"
     --input_dir "$BASE_DIR/u={}_features" --output_dir "$BASE_DIR/u={}_alignment")
   [[ -n $DEVICE ]] && args+=(--device "$DEVICE")
   [[ -n $RAY ]] && args+=(--ray "$RAY")
@@ -226,6 +228,7 @@ main() {
   LEVELS=${LEVELS:-all}
   METRIC=${METRIC:-mutual_knn}
   TOPK=${TOPK:-10}
+  NULL=${NULL:-100}
   NUM_SAMPLES=${NUM_SAMPLES:-}
   DEVICE=${DEVICE:-}
   BATCH_SIZE=${BATCH_SIZE:-32}

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from platonic import cli, metrics
 from platonic.alignment import LayerKernels, best_of_grid, load_kernels, score_grid
+from platonic.calibration import Calibration, calibrate, check_counts
 from platonic.data import dataset_label
 from platonic.devices import pick_device
 from platonic.errors import PlatonicError
@@ -33,7 +34,7 @@ from platonic.results import (
     load_result,
     save_result,
 )
-from platonic.storage import level_dir
+from platonic.storage import level_dir, sha256_of
 
 
 @dataclass
@@ -58,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_align_dir(p, "--output_dir")
     p.add_argument("--precise", action="store_true",
                    help="outlier threshold from one global quantile (else the mean of per-sample ones)")
+    p.add_argument("--null", type=int, default=0, metavar="N",
+                   help="also the score's null distribution from N random pairings of the "
+                        "samples (each through the same best-over-layer-pairs search): null "
+                        "mean, 95th percentile, p-value, calibrated score; 0: off")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="B",
+                   help="with --null: bootstrap replicates (over samples) of the score's 95%% CI "
+                        "at the chosen layers")
+    p.add_argument("--null_seed", type=int, default=0, help="seed of the permutations and bootstrap")
     p.add_argument("--force_remake", action="store_true")
     cli.add_device_arg(p)
     cli.add_ray_args(p)
@@ -79,9 +88,18 @@ def feature_files(args: argparse.Namespace, side: Side, in_dir: Path) -> list[Pa
 
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     """Everything besides the inputs that changes a score."""
-    return {"metric": args.metric, "topk": args.topk, "normalize": True,
-            "outlier_quantile": 0.95, "outlier_entries": "real (padding excluded)",
-            "precise": args.precise, "order": "metric(y, x)"}
+    settings = {"metric": args.metric, "topk": args.topk, "normalize": True,
+                "outlier_quantile": 0.95, "outlier_entries": "real (padding excluded)",
+                "precise": args.precise, "order": "metric(y, x)"}
+    if args.null:
+        settings["null"] = {"permutations": args.null, "bootstrap": args.bootstrap,
+                            "seed": args.null_seed, "permuted": "x"}
+    return settings
+
+
+def pair_seed(seed: int, fingerprint_x: str, fingerprint_y: str) -> int:
+    """The permutations of one model pair: fixed by the seed and the two feature files only."""
+    return int(sha256_of(seed, fingerprint_x, fingerprint_y)[:15], 16)
 
 
 def previous_result(path: Path, settings: dict[str, Any], force: bool) -> AlignmentResult | None:
@@ -102,7 +120,8 @@ def reusable_pairs(old: AlignmentResult | None) -> dict[tuple[str, str], Any]:
     if old is None:
         return {}
     fps_x, fps_y = old.meta["fingerprints_x"], old.meta["fingerprints_y"]
-    return {(fps_x[i], fps_y[j]): (old.scores[i, j], old.indices[i][j], old.grids.get((i, j)))
+    return {(fps_x[i], fps_y[j]): (old.scores[i, j], old.indices[i][j], old.grids.get((i, j)),
+                                   old.calibration.get((i, j)))
             for i in range(len(fps_x)) for j in range(len(fps_y))}
 
 
@@ -125,7 +144,8 @@ def check_sample_counts(paths_x: list[Path], paths_y: list[Path], topk: int, use
                             f"(N = {counts[first]} samples in {first})")
 
 
-PairScore = tuple[float, Any, np.ndarray]  # score, (x layer, y layer) or None, grid [Lx+1, Ly+1]
+# score, (x layer, y layer) or None, grid [Lx+1, Ly+1], calibration (with --null) or None
+PairScore = tuple[float, Any, np.ndarray, Calibration | None]
 
 
 @dataclass
@@ -170,12 +190,15 @@ def plan_level(args: argparse.Namespace, x: Side, y: Side, level: int | None) ->
 
 def score_pair(kx: LayerKernels, ky: LayerKernels, args: argparse.Namespace, fingerprint_x: str,
                fingerprint_y: str) -> PairScore:
-    """One pair's score, layers and grid, with the settings of `args` (the measure stage's flags;
-    the feature files' fingerprints identify the pair)."""
+    """One pair's score, layers, grid and (with --null) calibration, with the settings of `args`
+    (the measure stage's flags; the feature files' fingerprints seed the pair's permutations)."""
     # The original called compute_score(y, x): metric(y, x), y layers in the outer loop.
     grid_yx = score_grid(ky, kx, args.metric, args.topk)
     score, best = best_of_grid(grid_yx)
-    return score, None if best is None else (best[1], best[0]), grid_yx.T
+    calibration = calibrate(ky, kx, args.metric, args.topk, args.null, args.bootstrap,
+                            pair_seed(args.null_seed, fingerprint_x, fingerprint_y),
+                            grid=grid_yx) if args.null else None
+    return score, None if best is None else (best[1], best[0]), grid_yx.T, calibration
 
 
 def score_locally(plan: LevelPlan, args: argparse.Namespace,
@@ -202,12 +225,15 @@ def write_level(plan: LevelPlan, args: argparse.Namespace, x: Side, y: Side,
     scores = np.full((len(plan.paths_x), len(plan.paths_y)), np.nan)
     indices: list[list[Any]] = [[None] * len(plan.paths_y) for _ in plan.paths_x]
     grids: dict[tuple[int, int], np.ndarray] = {}
+    calibration: dict[tuple[int, int], Calibration] = {}
     for i in range(len(plan.paths_x)):
         for j in range(len(plan.paths_y)):
             pair = scored.get((i, j)) or plan.reuse[(plan.fps_x[i], plan.fps_y[j])]
-            scores[i, j], indices[i][j], grid = pair
+            scores[i, j], indices[i][j], grid, cal = pair
             if grid is not None:
                 grids[(i, j)] = grid
+            if cal is not None:
+                calibration[(i, j)] = cal
     meta = {
         "dataset": args.dataset, "subset": args.subset, "modelset": args.modelset,
         "level": plan.level, "modality_x": x.modality, "pool_x": x.pool, "prompt_x": x.prompt,
@@ -218,7 +244,7 @@ def write_level(plan: LevelPlan, args: argparse.Namespace, x: Side, y: Side,
         "fingerprints_x": plan.fps_x, "fingerprints_y": plan.fps_y,
     }
     save_result(plan.out, AlignmentResult(args.metric, args.topk, x.models, y.models, scores,
-                                          indices, meta, grids))
+                                          indices, meta, grids, calibration))
     print(f"wrote {plan.out}")
     return plan.out
 
@@ -235,6 +261,8 @@ def measure_level(args: argparse.Namespace, x: Side, y: Side, level: int | None,
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.dataset, args.subset = dataset_label(args.dataset, args.subset)
+    if args.null:
+        check_counts(args.null, args.bootstrap)
     x, y = side_from_args(args, "x"), side_from_args(args, "y")
     levels = parse_levels(args.levels) if args.levels else [None]
     if args.ray:

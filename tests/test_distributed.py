@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -103,6 +104,22 @@ def test_demo_like_stages_through_ray_equal_a_local_run(tmp_path, local_ray, cus
     assert "wrote 0 feature files, reused 4, model loads {}" in capsys.readouterr().out
     assert measure_main(measure_args(on_ray, "--ray")) == 0
     assert capsys.readouterr().out.count("up to date:") == 2
+
+
+def test_calibrated_null_through_ray_equals_a_local_run(tmp_path, local_ray, custom_models):
+    """With --null the permutations are seeded by the pair's files: the same calibration."""
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    extract.main(extract_args(local))
+    null = ("--null", "4", "--bootstrap", "5")
+    measure_main(measure_args(local, *null))
+    # The same feature files, measured through Ray.
+    shutil.copytree(local / "u=0_features", on_ray / "u=0_features")
+    shutil.copytree(local / "u=100_features", on_ray / "u=100_features")
+    assert measure_main(measure_args(on_ray, *null, "--ray")) == 0
+    assert_same_alignment(on_ray, local)
+    for a, b in zip(alignment_files(on_ray), alignment_files(local), strict=True):
+        calibration = json.loads(a.read_text())["calibration"]
+        assert calibration == json.loads(b.read_text())["calibration"] and calibration[0][0]
 
 
 def test_one_missing_feature_file_remade_through_ray(tmp_path, local_ray, custom_models, capsys):
