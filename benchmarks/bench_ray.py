@@ -1,7 +1,7 @@
 """Benchmark: the demo extraction through Ray (2 workers) against the local run, and the planning
 numbers for the paper's setting.
 
-Both runs extract the `demo` set (two real pretrained language models, two vision models) on the
+Both runs extract the `demo` set (real pretrained language and vision models) on the
 embedded dataset at the same levels, into separate folders, and the script checks their features
 are equal. The local run is timed model by model (the same loop as `run_extraction`), which
 gives the measured cost per token and per image used by the planning estimate printed last.
@@ -175,12 +175,13 @@ def main() -> None:
     torch.manual_seed(0)
     data = load_data("embedded", None, args.num_samples)
     captions = texts_by_level(data, parse_levels(args.levels))
-    specs = get_models("demo", LANGUAGE) + get_models("demo", VISION)
+    language_specs, vision_specs = get_models("demo", LANGUAGE), get_models("demo", VISION)
+    specs = language_specs + vision_specs
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         # Untimed warm-up: the de-quantised GGUF cache and the files are made before either run.
         warm = {lv: texts[:2] for lv, texts in list(captions.items())[:1]}
-        run_extraction(specs[:2], specs[2:], warm, data.images[:2],
+        run_extraction(language_specs, vision_specs, warm, data.images[:2],
                        settings_for(root / "warm", data, args.batch_size))
         local_seconds, per_model = local_run_by_model(specs, captions, data.images,
                                                       settings_for(root / "local", data, args.batch_size))
@@ -189,7 +190,7 @@ def main() -> None:
         init_seconds = time.perf_counter() - started
         started = time.perf_counter()
         ray_args = argparse.Namespace(ray="local", ray_retries=3, gpu_memory_gb=None, device="cpu")
-        extract_on_ray(get_models("demo", LANGUAGE), get_models("demo", VISION), captions,
+        extract_on_ray(language_specs, vision_specs, captions,
                        data.images, settings_for(root / "ray", data, args.batch_size), ray_args)
         ray_seconds = time.perf_counter() - started
         ray.shutdown()
