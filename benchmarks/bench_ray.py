@@ -106,7 +106,7 @@ def time_alignment(per_model) -> float:
 
     xs = [load_kernels(first_file(st)) for _, st in per_model.values() if st.real_tokens]
     ys = [load_kernels(first_file(st)) for _, st in per_model.values() if st.images_encoded]
-    settings = argparse.Namespace(metric="mutual_knn", topk=10, null=0)
+    settings = argparse.Namespace(metric="mutual_knn", topk=min(10, xs[0].n - 1), null=0)
     started = time.perf_counter()
     for kx in xs:
         for ky in ys:
