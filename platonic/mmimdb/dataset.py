@@ -287,24 +287,33 @@ def shortfall_note(selection: Selection) -> str | None:
 
 
 def save_selection(path: str | os.PathLike, selection: Selection, root: Path) -> None:
-    """The chosen ids as JSON (never a pickle), with the seed and where they came from."""
+    """The chosen movies as JSON (never a pickle): ids, texts and genres in row order, with the
+    seed, the source and the root, so later stages need neither ROOT nor the sampler again."""
     write_json(path, {"split": selection.split, "root": str(root), "source": selection.source,
                       "seed": selection.seed, "requested": selection.requested,
-                      "skipped": dict(selection.skipped), "ids": selection.ids})
+                      "skipped": dict(selection.skipped), "ids": selection.ids,
+                      "movies": [{"id": m.id, "text": m.text, "genres": list(m.genres)}
+                                 for m in selection.movies]})
 
 
-def read_selection(path: str | os.PathLike, root: Path) -> Selection:
-    """A saved selection, re-read from ROOT (so a missing file is still an error naming the id)."""
+def read_selection(path: str | os.PathLike, root: Path | None = None) -> Selection:
+    """A saved selection; posters are looked up under `root` (default: the root it was made from)."""
     try:
         data = read_json(path)
-    except (OSError, ValueError) as err:
-        raise PlatonicError(f"{path} is not a readable id selection: {err}") from err
-    movies = [read_movie(root, movie_id) for movie_id in data["ids"]]
-    bad = [i for i, m in zip(data["ids"], movies, strict=True) if m is None]
-    if bad:
-        raise PlatonicError(f"{path}: movie {bad[0]} has no plot with more than one word")
-    return Selection(data["split"], movies, int(data["seed"]), data["source"], data["requested"],
-                     Counter(data.get("skipped") or {}))
+        base = Path(root or data["root"])
+        movies = [Movie(str(m["id"]), str(m["text"]), tuple(m["genres"]), image_path(base, m["id"]))
+                  for m in data["movies"]]
+        selection = Selection(data["split"], movies, int(data["seed"]), data["source"],
+                              data["requested"], Counter(data.get("skipped") or {}))
+    except FileNotFoundError as err:
+        raise PlatonicError(f"{path} is missing: run the features stage "
+                            "(mmimdb/extract_features.py) first") from err
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise PlatonicError(f"{path} is not a readable id selection ({type(err).__name__}: "
+                            f"{err})") from err
+    if not movies:
+        raise PlatonicError(f"{path} holds no movies")
+    return selection
 
 
 def labels(movies: list[Movie]) -> tuple[np.ndarray, Counter]:
