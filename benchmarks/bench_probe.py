@@ -34,7 +34,7 @@ def synthetic(n: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     w = torch.randn(dim, len(GENRES), generator=torch.Generator().manual_seed(1234)) / dim**0.5
     rates = torch.linspace(0.4, 0.02, len(GENRES))  # drama common ... film-noir rare
     scores = x @ w + 0.8 * torch.randn(n, len(GENRES), generator=g)
-    threshold = torch.quantile(scores, 1 - rates, dim=0)
+    threshold = torch.stack([torch.quantile(scores[:, c], 1 - rates[c]) for c in range(len(GENRES))])
     return x, (scores > threshold).float()
 
 

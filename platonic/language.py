@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -255,21 +255,17 @@ def tokenize(lm: LanguageModel, texts: list[str], max_length: int | None = None)
     return encoded
 
 
-def _forward(lm: LanguageModel, token_ids: list[list[int]], pool: str, width: int | None = None,
-             with_loss: bool = True):
-    """Pooled hidden states of a batch, and its next-token loss when `with_loss` and the model is
-    causal; without the loss only the base model runs (no vocabulary-sized head)."""
+def _forward(lm: LanguageModel, token_ids: list[list[int]], pool: str, width: int | None = None):
     batch = collate(token_ids, lm.tokenizer.pad_token_id, lm.padding_side, width)
     inputs = {k: v.to(lm.device) for k, v in batch.items()}
     if lm.padding_side == "right" or not _accepts(lm.model, "position_ids"):
         inputs.pop("position_ids")
-    with_loss = with_loss and lm.causal
-    model = lm.model if with_loss else lm.model.base_model
+    model = lm.model if lm.causal else lm.model.base_model  # no vocabulary-sized head unless needed
     with torch.inference_mode():
         out = model(**inputs, output_hidden_states=True)
     hidden = torch.stack(out.hidden_states, dim=1).float()
     pooled = pool_hidden(hidden, inputs["attention_mask"], pool).cpu()
-    if not with_loss:
+    if not lm.causal:
         return pooled, None, None
     loss_sum, count = next_token_loss(out.logits, inputs["input_ids"], inputs["attention_mask"])
     return pooled, loss_sum.cpu(), count.cpu()
@@ -280,10 +276,10 @@ def _is_oom(err: BaseException) -> bool:
 
 
 def _forward_splitting(lm: LanguageModel, token_ids: list[list[int]], pool: str,
-                       on_split: Callable[[int], None], with_loss: bool = True) -> list[tuple]:
+                       on_split: Callable[[int], None]) -> list[tuple]:
     """Forward one batch; on out-of-memory, halve it and go on (down to single captions)."""
     try:
-        return [_forward(lm, token_ids, pool, with_loss=with_loss)]
+        return [_forward(lm, token_ids, pool)]
     except (torch.OutOfMemoryError, RuntimeError) as err:
         if not _is_oom(err) or len(token_ids) == 1:
             raise
@@ -291,15 +287,17 @@ def _forward_splitting(lm: LanguageModel, token_ids: list[list[int]], pool: str,
         torch.cuda.empty_cache()
     half = len(token_ids) // 2
     on_split(half)
-    return (_forward_splitting(lm, token_ids[:half], pool, on_split, with_loss)
-            + _forward_splitting(lm, token_ids[half:], pool, on_split, with_loss))
+    return (_forward_splitting(lm, token_ids[:half], pool, on_split)
+            + _forward_splitting(lm, token_ids[half:], pool, on_split))
 
 
 def encode_texts(lm: LanguageModel, texts: list[str], pool: str = "avg", batch_size: int = 32,
                  max_length: int | None = None, desc: str = "captions",
                  next_token_loss: bool = True) -> TextFeatures:
     """Per-layer pooled features of every text, and loss / bits per byte for causal models
-    (unless `next_token_loss` is False: then the language-model head is skipped)."""
+    (unless `next_token_loss` is False: then only the base model runs, without its head)."""
+    if not next_token_loss:
+        lm = replace(lm, causal=False)
     token_ids = tokenize(lm, texts, max_length)
     lengths = [len(ids) for ids in token_ids]
     feats: list[torch.Tensor | None] = [None] * len(texts)
@@ -319,8 +317,7 @@ def encode_texts(lm: LanguageModel, texts: list[str], pool: str = "avg", batch_s
             if len(batch) > limit[0]:
                 pending.insert(0, batch[limit[0]:])
                 batch = batch[:limit[0]]
-            pieces = _forward_splitting(lm, [token_ids[i] for i in batch], pool, shrink,
-                                        next_token_loss)
+            pieces = _forward_splitting(lm, [token_ids[i] for i in batch], pool, shrink)
             _scatter(batch, pieces, feats, loss_sum, counts)
             result.forward_passes += len(pieces)
             result.batch_sizes.append(len(batch))
@@ -328,7 +325,7 @@ def encode_texts(lm: LanguageModel, texts: list[str], pool: str = "avg", batch_s
             result.padded_tokens += max(lengths[i] for i in batch) * len(batch)
             bar.update(len(batch))
     result.feats = torch.stack(feats)  # type: ignore[arg-type]
-    result.extras = _extras(texts, lengths, loss_sum, counts, lm.causal and next_token_loss)
+    result.extras = _extras(texts, lengths, loss_sum, counts, lm.causal)
     return result
 
 

@@ -49,6 +49,13 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected a comma list of numbers, got {text!r}") from err
 
 
+def _metric_args(parser: argparse.ArgumentParser) -> None:
+    from platonic.metrics import METRICS  # torch: only for the stages that measure or plot
+
+    parser.add_argument("--metric", default="mutual_knn", choices=list(METRICS))
+    parser.add_argument("--topk", type=_positive, default=10)
+
+
 # --- 1. features ------------------------------------------------------------------------------
 
 def extract_parser() -> argparse.ArgumentParser:
@@ -134,12 +141,9 @@ def probe_main(argv: list[str] | None = None) -> int:
 # --- 3. alignment -----------------------------------------------------------------------------
 
 def measure_parser() -> argparse.ArgumentParser:
-    from platonic.metrics import METRICS
-
     parser = _parser("MM-IMDb alignment: every language model with every vision model on the "
                      "test movies (best over all layer pairs, incl. all layers concatenated).")
-    parser.add_argument("--metric", default="mutual_knn", choices=list(METRICS))
-    parser.add_argument("--topk", type=_positive, default=10)
+    _metric_args(parser)
     parser.add_argument("--precise", action="store_true",
                         help="outlier threshold from one global quantile")
     parser.add_argument("--force_remake", action="store_true")
@@ -162,12 +166,9 @@ def measure_main(argv: list[str] | None = None) -> int:
 # --- 4. correlation and plots -----------------------------------------------------------------
 
 def plot_parser() -> argparse.ArgumentParser:
-    from platonic.metrics import METRICS
-
     parser = _parser("MM-IMDb correlation: per vision family, alignment vs language-model test "
                      "F1 (overall and per genre): figures, correlation.csv, summary.md.")
-    parser.add_argument("--metric", default="mutual_knn", choices=list(METRICS))
-    parser.add_argument("--topk", type=_positive, default=10)
+    _metric_args(parser)
     parser.add_argument("--plot_dir", default=None, help="default: BASE_DIR/mmimdb_plots")
     parser.add_argument("--dpi", type=_positive, default=300, help="PNG resolution")
     parser.add_argument("--force_remake", action="store_true")

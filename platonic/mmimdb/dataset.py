@@ -96,15 +96,20 @@ def resolve_root(root: str | os.PathLike | None) -> Path:
     return path
 
 
+def _json_file(path: Path, missing: str, context: str = "") -> object:
+    """A JSON file's content; one-line errors: `missing` if absent, else that it is unreadable."""
+    try:
+        return read_json(path)
+    except FileNotFoundError as err:
+        raise PlatonicError(missing) from err
+    except (OSError, ValueError) as err:
+        raise PlatonicError(f"{context}{path} is not readable JSON: {err}") from err
+
+
 def read_split(root: Path) -> dict[str, list[str]]:
     """`ROOT/split.json` as split -> list of id strings."""
     path = Path(root) / "split.json"
-    try:
-        data = read_json(path)
-    except FileNotFoundError as err:
-        raise PlatonicError(f"{path} is missing: {root} is not an MM-IMDb root") from err
-    except (OSError, ValueError) as err:
-        raise PlatonicError(f"{path} is not readable JSON: {err}") from err
+    data = _json_file(path, f"{path} is missing: {root} is not an MM-IMDb root")
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
         raise PlatonicError(f"{path} must be an object of split name -> list of ids")
     return {name: [str(i) for i in ids] for name, ids in data.items()}
@@ -144,12 +149,7 @@ def image_path(root: Path, movie_id: str) -> Path:
 def read_movie(root: Path, movie_id: str) -> Movie | None:
     """One movie, or None if it has no multi-word plot; an error if its JSON or JPEG is missing."""
     path = json_path(root, movie_id)
-    try:
-        record = read_json(path)
-    except FileNotFoundError as err:
-        raise PlatonicError(f"movie {movie_id}: {path} is missing") from err
-    except (OSError, ValueError) as err:
-        raise PlatonicError(f"movie {movie_id}: {path} is not readable JSON: {err}") from err
+    record = _json_file(path, f"movie {movie_id}: {path} is missing", f"movie {movie_id}: ")
     poster = image_path(root, movie_id)
     if not poster.is_file():
         raise PlatonicError(f"movie {movie_id}: poster {poster} is missing")

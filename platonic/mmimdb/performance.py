@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from platonic.data import texts_fingerprint
 from platonic.errors import PlatonicError
-from platonic.features import load_features
+from platonic.features import FEATS, read_meta
 from platonic.mmimdb.dataset import SPLITS, Selection, read_selection
 from platonic.mmimdb.genres import GENRES, binary_label, check_class_idx, label_matrix
 from platonic.mmimdb.layout import Layout
@@ -72,15 +73,24 @@ def load_split(layout: Layout, model_id: str, split: str, layer: int,
         raise PlatonicError(f"model {model_id}: {split} features {path} are missing; run "
                             "mmimdb/extract_features.py first")
     selection = read_selection(layout.selection(split))
-    features = load_features(path)
+    meta = read_meta(path)
     expected = texts_fingerprint([m.text for m in selection.movies])
-    if features.meta.get("texts_sha256") != expected:
+    if meta.get("texts_sha256") != expected:
         raise PlatonicError(f"{path} was made from other {split} plots than "
                             f"{layout.selection(split)}; rerun mmimdb/extract_features.py")
-    index = resolve_layer(layer, features.feats.shape[1], str(path))
+    num_layers = int(meta["num_layers"])
+    index = resolve_layer(layer, num_layers, str(path))
     y = torch.from_numpy(task_labels(selection, class_idx))
-    return SplitData(features.feats[:, index].float(), y, features.fingerprint,
-                     int(features.feats.shape[1]), path)
+    return SplitData(read_layer(path, index), y, meta["content_sha256"], num_layers, path)
+
+
+def read_layer(path: Path, index: int) -> torch.Tensor:
+    """One layer [N, D] of a feature file as float32, read alone (a 65B model's file holds 81)."""
+    with safe_open(str(path), framework="pt") as f:
+        x = f.get_slice(FEATS)[:, index].float()
+    if not torch.isfinite(x).all():
+        raise PlatonicError(f"{path}: NaN or inf in layer {index}")
+    return x
 
 
 def cache_key(config: ProbeConfig, layer: int, class_idx: int | None,
