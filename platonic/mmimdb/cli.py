@@ -12,6 +12,7 @@ import argparse
 
 from tqdm.auto import tqdm
 
+from platonic import cli
 from platonic.devices import pick_device
 from platonic.errors import PlatonicError
 from platonic.mmimdb.dataset import DEFAULT_NUM_SAMPLES, ROOT_ENV, resolve_root
@@ -29,17 +30,9 @@ def _parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--base_dir", default=DEFAULT_BASE_DIR,
                         help="study folder: mmimdb_ids, mmimdb_feat, mmimdb_performance, "
                              "mmimdb_align, mmimdb_plots go under it")
-    parser.add_argument("--modelset", default=DEFAULT_MODELSET,
-                        help=f"one of {', '.join(sorted(STUDY_SETS))}")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    cli.add_modelset_arg(parser, DEFAULT_MODELSET, sorted(STUDY_SETS))
+    cli.add_device_arg(parser)
     return parser
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -47,13 +40,6 @@ def _floats(text: str) -> tuple[float, ...]:
         return tuple(float(v) for v in text.split(","))
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"expected a comma list of numbers, got {text!r}") from err
-
-
-def _metric_args(parser: argparse.ArgumentParser) -> None:
-    from platonic.metrics import METRICS  # torch: only for the stages that measure or plot
-
-    parser.add_argument("--metric", default="mutual_knn", choices=list(METRICS))
-    parser.add_argument("--topk", type=_positive, default=10)
 
 
 # --- 1. features ------------------------------------------------------------------------------
@@ -65,16 +51,16 @@ def extract_parser() -> argparse.ArgumentParser:
     parser.add_argument("--root", default=None,
                         help=f"MM-IMDb folder (split.json, dataset/); default ${ROOT_ENV}, else "
                              "the embedded fixture")
-    parser.add_argument("--num_samples", type=_positive, default=DEFAULT_NUM_SAMPLES,
+    parser.add_argument("--num_samples", type=cli.positive_int, default=DEFAULT_NUM_SAMPLES,
                         help="movies per split (the authors' sampled_ids.npy when present, else "
                              "a seeded sample)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler")
     parser.add_argument("--modality", default="all", choices=["language", "vision", "all"])
-    parser.add_argument("--batch_size", type=_positive, default=32,
+    parser.add_argument("--batch_size", type=cli.positive_int, default=32,
                         help="most plots/posters per forward pass (halved on out-of-memory)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
                         help="feature storage precision")
-    parser.add_argument("--max_length", type=_positive, default=None,
+    parser.add_argument("--max_length", type=cli.positive_int, default=None,
                         help="truncate plots to this many tokens (default: none, as the original)")
     parser.add_argument("--force_remake", action="store_true")
     return parser
@@ -106,7 +92,7 @@ def probe_parser() -> argparse.ArgumentParser:
                      "lr x wd grid trained at once, chosen on dev macro F1, reported on test.")
     parser.add_argument("--layer", type=int, default=-1,
                         help="hidden state probed (-1: the last; 0: the embeddings)")
-    parser.add_argument("--epochs", type=_positive, default=EPOCHS)
+    parser.add_argument("--epochs", type=cli.positive_int, default=EPOCHS)
     parser.add_argument("--lrs", type=_floats, default=LEARNING_RATES, help="learning rates")
     parser.add_argument("--wds", type=_floats, default=WEIGHT_DECAYS, help="weight decays")
     parser.add_argument("--batch_size", type=int, default=BATCH_SIZE, help="0: full batch")
@@ -143,7 +129,7 @@ def probe_main(argv: list[str] | None = None) -> int:
 def measure_parser() -> argparse.ArgumentParser:
     parser = _parser("MM-IMDb alignment: every language model with every vision model on the "
                      "test movies (best over all layer pairs, incl. all layers concatenated).")
-    _metric_args(parser)
+    cli.add_metric_args(parser, cli.positive_int)
     parser.add_argument("--precise", action="store_true",
                         help="outlier threshold from one global quantile")
     parser.add_argument("--force_remake", action="store_true")
@@ -168,9 +154,9 @@ def measure_main(argv: list[str] | None = None) -> int:
 def plot_parser() -> argparse.ArgumentParser:
     parser = _parser("MM-IMDb correlation: per vision family, alignment vs language-model test "
                      "F1 (overall and per genre): figures, correlation.csv, summary.md.")
-    _metric_args(parser)
+    cli.add_metric_args(parser, cli.positive_int)
     parser.add_argument("--plot_dir", default=None, help="default: BASE_DIR/mmimdb_plots")
-    parser.add_argument("--dpi", type=_positive, default=300, help="PNG resolution")
+    parser.add_argument("--dpi", type=cli.positive_int, default=300, help="PNG resolution")
     parser.add_argument("--force_remake", action="store_true")
     return parser
 

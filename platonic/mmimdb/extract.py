@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from platonic.data import images_fingerprint
 from platonic.errors import PlatonicError
 from platonic.extract import RunStats, Settings, extract_language, extract_vision
+from platonic.fingerprints import images_fingerprint
 from platonic.mmimdb.dataset import (
     DEFAULT_NUM_SAMPLES,
     SPLITS,

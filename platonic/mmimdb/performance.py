@@ -20,9 +20,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from platonic.data import texts_fingerprint
 from platonic.errors import PlatonicError
 from platonic.features import FEATS, read_meta
+from platonic.fingerprints import texts_fingerprint
 from platonic.mmimdb.dataset import SPLITS, Selection, read_selection
 from platonic.mmimdb.genres import GENRES, binary_label, check_class_idx, label_matrix
 from platonic.mmimdb.layout import Layout

@@ -30,8 +30,9 @@ from platonic.mmimdb.report import (
     write_correlation_csv,
 )
 from platonic.plots import DPI, FORMATS, save_figure, short_name, size_colours, slug
-from platonic.report import fmt, ols_slope
+from platonic.statistics import ols_slope
 from platonic.storage import read_json, sha256_file, sha256_of, write_json, write_text
+from platonic.summary import fmt
 
 PLOT_VERSION = 1
 STAMP = ".inputs.json"

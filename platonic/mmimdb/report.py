@@ -24,16 +24,10 @@ from platonic.mmimdb.genres import GENRES
 from platonic.mmimdb.layout import Layout
 from platonic.mmimdb.performance import read_performance
 from platonic.models import VISION, get_model
-from platonic.report import (
-    bootstrap_mean_rho,
-    fmt,
-    markdown_table,
-    mean_rho,
-    ols_slope,
-    spearman_rho,
-)
 from platonic.results import load_result
+from platonic.statistics import bootstrap_mean_rho, mean_rho, ols_slope, spearman_rho
 from platonic.storage import write_text
+from platonic.summary import fmt, format_ci, markdown_table
 
 OVERALL = "overall"
 CORRELATION_COLUMNS = ["vision_model", "family", "size", "genre", "spearman_rho", "slope"]
@@ -135,10 +129,6 @@ def write_correlation_csv(corr: pd.DataFrame, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def _ci(low: float, high: float) -> str:
-    return "undefined" if math.isnan(low) or math.isnan(high) else f"[{fmt(low)}, {fmt(high)}]"
-
-
 def render_summary(table: StudyTable, families: pd.DataFrame, modelset: str, metric: str,
                    topk: int, files: list[Path]) -> str:
     """Markdown: the headline per family, language-model performance, per-genre statistics."""
@@ -157,7 +147,7 @@ def render_summary(table: StudyTable, families: pd.DataFrame, modelset: str, met
         "language models (one draw shared by the family's sizes).",
         "## Overall (test macro F1)",
         markdown_table(["family", "sizes", "mean rho", "95% CI", "mean slope"],
-                       [[r.family, str(r.n_sizes), fmt(r.mean_rho), _ci(r.ci_low, r.ci_high),
+                       [[r.family, str(r.n_sizes), fmt(r.mean_rho), format_ci(r.ci_low, r.ci_high),
                          fmt(r.mean_slope)] for r in overall.itertuples()]),
         "## Language-model performance (test)",
         markdown_table(["language model", "macro F1", "weighted F1", "subset accuracy", "lr",
@@ -168,7 +158,7 @@ def render_summary(table: StudyTable, families: pd.DataFrame, modelset: str, met
                         for r in align.itertuples()]),
         "## Per genre (mean over the family's sizes)",
         markdown_table(["family", "genre", "mean rho", "95% CI", "mean slope"],
-                       [[r.family, r.genre, fmt(r.mean_rho), _ci(r.ci_low, r.ci_high),
+                       [[r.family, r.genre, fmt(r.mean_rho), format_ci(r.ci_low, r.ci_high),
                          fmt(r.mean_slope)] for r in per_genre.itertuples()]),
     ]
     if table.notes:
