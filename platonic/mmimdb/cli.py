@@ -32,6 +32,8 @@ def _parser(description: str) -> argparse.ArgumentParser:
                              "mmimdb_align, mmimdb_plots go under it")
     cli.add_modelset_arg(parser, DEFAULT_MODELSET, sorted(STUDY_SETS))
     cli.add_device_arg(parser)
+    parser.add_argument("--force_remake", action="store_true",
+                        help="remake this stage's outputs even when they are current")
     return parser
 
 
@@ -62,7 +64,6 @@ def extract_parser() -> argparse.ArgumentParser:
                         help="feature storage precision")
     parser.add_argument("--max_length", type=cli.positive_int, default=None,
                         help="truncate plots to this many tokens (default: none, as the original)")
-    parser.add_argument("--force_remake", action="store_true")
     return parser
 
 
@@ -100,7 +101,6 @@ def probe_parser() -> argparse.ArgumentParser:
     parser.add_argument("--class_idx", type=int, default=None,
                         help="a binary task: the genre at this index of the published order "
                              "(0 drama ... 19 western ... 22 film-noir); default: all 23 genres")
-    parser.add_argument("--force_remake", action="store_true")
     return parser
 
 
@@ -132,7 +132,6 @@ def measure_parser() -> argparse.ArgumentParser:
     cli.add_metric_args(parser, cli.positive_int)
     parser.add_argument("--precise", action="store_true",
                         help="outlier threshold from one global quantile")
-    parser.add_argument("--force_remake", action="store_true")
     return parser
 
 
@@ -157,7 +156,6 @@ def plot_parser() -> argparse.ArgumentParser:
     cli.add_metric_args(parser, cli.positive_int)
     parser.add_argument("--plot_dir", default=None, help="default: BASE_DIR/mmimdb_plots")
     parser.add_argument("--dpi", type=cli.positive_int, default=300, help="PNG resolution")
-    parser.add_argument("--force_remake", action="store_true")
     return parser
 
 
