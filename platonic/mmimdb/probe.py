@@ -19,8 +19,9 @@ subset accuracy (every label right) and label accuracy (mean per-label accuracy)
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +38,9 @@ BATCH_SIZE = 128
 BETAS = (0.9, 0.999)
 EPS = 1e-8
 POS_WEIGHT_EPS = 1e-6
+# Up to this many weights (all settings), CPU training runs on one thread: its operations are
+# too small to split, and on a shared machine the threads' synchronisation costs up to 5x.
+SINGLE_THREAD_WEIGHTS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,20 @@ def f1_per_class(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.where(denom > 0, 2 * tp / denom.clamp_min(1), torch.zeros_like(denom))
 
 
+@contextlib.contextmanager
+def _threads_for(num_weights: int, device: torch.device) -> Iterator[None]:
+    """One CPU thread for small probes (restored afterwards); the caller's setting otherwise."""
+    before = torch.get_num_threads()
+    single = device.type == "cpu" and num_weights <= SINGLE_THREAD_WEIGHTS
+    if single:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if single:
+            torch.set_num_threads(before)
+
+
 def _initial_linear(dim: int, num_classes: int, seed: int) -> torch.nn.Linear:
     torch.manual_seed(seed)
     return torch.nn.Linear(dim, num_classes)
@@ -134,6 +152,13 @@ def train_grid(x_train: torch.Tensor, y_train: torch.Tensor, x_dev: torch.Tensor
                desc: str = "probe grid") -> GridResult:
     """Train every (lr, wd) setting at once; keep each setting's best epoch by dev macro F1."""
     _check_inputs(x_train, y_train, x_dev, y_dev)
+    size = len(config.settings) * x_train.shape[1] * y_train.shape[1]
+    with _threads_for(size, x_train.device):
+        return _train_grid(x_train, y_train, x_dev, y_dev, config, desc)
+
+
+def _train_grid(x_train: torch.Tensor, y_train: torch.Tensor, x_dev: torch.Tensor,
+                y_dev: torch.Tensor, config: ProbeConfig, desc: str) -> GridResult:
     device = x_train.device
     settings = config.settings
     num_settings, (n, dim), num_classes = len(settings), x_train.shape, y_train.shape[1]
@@ -198,6 +223,13 @@ def train_single(x_train: torch.Tensor, y_train: torch.Tensor, x_dev: torch.Tens
     """One setting the original's way (nn.Linear, torch.optim.Adam, its own loop): best dev macro
     F1, its epoch and the classifier at that epoch. The oracle and the benchmark baseline."""
     _check_inputs(x_train, y_train, x_dev, y_dev)
+    with _threads_for(x_train.shape[1] * y_train.shape[1], x_train.device):
+        return _train_single(x_train, y_train, x_dev, y_dev, lr, wd, config)
+
+
+def _train_single(x_train: torch.Tensor, y_train: torch.Tensor, x_dev: torch.Tensor,
+                  y_dev: torch.Tensor, lr: float, wd: float, config: ProbeConfig
+                  ) -> tuple[float, int, torch.nn.Linear]:
     model = _initial_linear(x_train.shape[1], y_train.shape[1], config.seed).to(x_train.device)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=wd)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight(y_train))
