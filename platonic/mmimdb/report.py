@@ -30,6 +30,9 @@ from platonic.storage import write_text
 from platonic.summary import fmt, format_ci, markdown_table
 
 OVERALL = "overall"
+# With 3 language models every resample with 3 distinct points is the sample itself, so the
+# bootstrap interval would collapse onto the estimate: it is reported as undefined instead.
+MIN_MODELS_FOR_CI = 4
 CORRELATION_COLUMNS = ["vision_model", "family", "size", "genre", "spearman_rho", "slope"]
 
 
@@ -82,6 +85,9 @@ def load_table(layout: Layout, modelset: str, metric: str, topk: int) -> StudyTa
     if len(result.models_x) < 3:
         notes.append(f"only {len(result.models_x)} language models: Spearman rho needs 3 points "
                      "and is undefined")
+    if len(result.models_x) < MIN_MODELS_FOR_CI:
+        notes.append(f"{len(result.models_x)} language models: too few for a bootstrap interval "
+                     f"(needs {MIN_MODELS_FOR_CI}); rho is a statistic of very few points")
     return StudyTable(pd.DataFrame(rows), targets, list(result.models_x), performance, path, notes)
 
 
@@ -111,7 +117,8 @@ def family_statistics(table: StudyTable, corr: pd.DataFrame) -> pd.DataFrame:
             f1 = frame.drop_duplicates("language_model").set_index("language_model")["f1"]
             x = f1.reindex(table.language_models).to_numpy(dtype=float)
             scores = wide.to_numpy(dtype=float)
-            low, high = bootstrap_mean_rho(x, scores)
+            low, high = (bootstrap_mean_rho(x, scores) if len(x) >= MIN_MODELS_FOR_CI
+                         else (math.nan, math.nan))
             mine = corr[(corr["family"] == family) & (corr["genre"] == target)]
             rows.append({"family": family, "genre": target, "n_sizes": len(members),
                          "mean_rho": mean_rho(x, scores), "ci_low": low, "ci_high": high,
