@@ -12,6 +12,7 @@ oracle the tests compare against.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from functools import cached_property
@@ -39,15 +40,22 @@ def register_grid(name: str) -> Callable[[GridFn], GridFn]:
     return add
 
 
-def prepare_features(feats: torch.Tensor, q: float = 0.95, exact: bool = False) -> torch.Tensor:
-    """Clamp outliers to ±(q-quantile of |x|) in float32, on the tensor's own device."""
-    return metrics.remove_outliers(feats.float(), q=q, exact=exact)
+def prepare_features(feats: torch.Tensor, q: float = 0.95, exact: bool = False,
+                     layer_dims: list[int] | None = None) -> torch.Tensor:
+    """Clamp outliers to ±(q-quantile of |x|) in float32, on the tensor's own device; with
+    `layer_dims` (true widths of zero-padded layers) the quantile ignores the padding."""
+    return metrics.remove_outliers(feats.float(), q=q, exact=exact, layer_dims=layer_dims)
 
 
 def check_layered(feats: Any, name: str) -> None:
+    """A non-empty [N, layers, dim] tensor of finite numbers; else name the first bad entry."""
     if not isinstance(feats, torch.Tensor) or feats.ndim != 3 or feats.numel() == 0:
         shape = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
         raise PlatonicError(f"{name} must be a non-empty [N, layers, dim] tensor, got {shape}")
+    finite = torch.isfinite(feats).all(dim=2)
+    if not bool(finite.all()):
+        sample, layer = (int(v) for v in torch.nonzero(~finite)[0])
+        raise PlatonicError(f"{name} hold NaN or inf (first at sample {sample}, layer {layer})")
 
 
 def candidate(feats: torch.Tensor, index: int, normalize: bool = True) -> torch.Tensor:
@@ -88,13 +96,16 @@ class LayerKernels:
         key = (topk, exclude_self)
         if key not in self._knn:
             out = torch.empty(len(self), self.n, topk, dtype=torch.long, device=self.grams.device)
+            metrics.check_topk(topk, self.n)
             for c in range(len(self)):
                 sim = self.grams[c]
                 diagonal = sim.diagonal().clone()
-                if exclude_self:  # in place, restored below: no copy of the N x N matrix
-                    sim.fill_diagonal_(float("-inf"))
-                torch.topk(sim, topk, dim=1, out=(torch.empty_like(sim[:, :topk]), out[c]))
-                sim.diagonal().copy_(diagonal)
+                try:  # in place, always restored: no copy of the N x N matrix
+                    if exclude_self:
+                        sim.fill_diagonal_(float("-inf"))
+                    torch.topk(sim, topk, dim=1, out=(torch.empty_like(sim[:, :topk]), out[c]))
+                finally:
+                    sim.diagonal().copy_(diagonal)
             self._knn[key] = out
         return self._knn[key]
 
@@ -297,8 +308,12 @@ def svcca_grid(kx: LayerKernels, ky: LayerKernels, cca_dim: int = 10) -> np.ndar
 def load_kernels(path: str | os.PathLike, device: str | torch.device = "cpu",
                  precise: bool = False, normalize: bool = True) -> LayerKernels:
     """One feature file (checked on load), outliers clamped as the measure stage does, as kernels."""
-    feats = load_features(path, device=device).feats
-    return LayerKernels(prepare_features(feats, exact=precise), normalize)
+    loaded = load_features(path, device=device)
+    try:
+        feats = prepare_features(loaded.feats, exact=precise, layer_dims=loaded.meta.get("layer_dims"))
+    except PlatonicError as err:
+        raise PlatonicError(f"{path}: {err}") from err
+    return LayerKernels(feats, normalize)
 
 
 def pairwise_grid(kx: LayerKernels, ky: LayerKernels, metric: str, **kwargs: Any) -> np.ndarray:
@@ -319,18 +334,24 @@ def score_grid(kx: LayerKernels, ky: LayerKernels, metric: str = "mutual_knn",
     if kx.n != ky.n:
         raise PlatonicError(f"x has {kx.n} samples but y has {ky.n}")
     kwargs = metric_kwargs(metric, topk, extra)
+    if kwargs.get("topk") is not None:
+        metrics.check_topk(kwargs["topk"], kx.n)
     if metric in GRID_METRICS:
         return GRID_METRICS[metric](kx, ky, **kwargs)
     return pairwise_grid(kx, ky, metric, **kwargs)
 
 
 def best_of_grid(grid: np.ndarray) -> tuple[float, tuple[int, int] | None]:
-    """The original loop's choice: the first maximum in (i, j) order, if above 0; else (0, None)."""
-    finite = np.where(np.isnan(grid), -np.inf, grid)
+    """The original loop's choice: the first maximum in (i, j) order, if above 0.
+
+    A grid without a positive finite value has no best pair: (NaN, None), an undefined score
+    (the original reported 0.0, which plots and means then took for a real score).
+    """
+    finite = np.where(np.isfinite(grid), grid, -np.inf)
     flat = int(np.argmax(finite))
     value = float(finite.flat[flat])
     if not value > 0:
-        return 0.0, None
+        return math.nan, None
     a, b = np.unravel_index(flat, grid.shape)
     return value, (int(a) - 1, int(b) - 1)
 
@@ -340,7 +361,8 @@ def compute_score(x_feats: torch.Tensor, y_feats: torch.Tensor, metric: str = "m
                   **metric_kw: Any) -> tuple[Any, ...]:
     """Best score over all layer pairs and its (x layer, y layer), -1 meaning all layers.
 
-    Same result as the original exhaustive loop; with `return_grid=True` also the
+    Same result as the original exhaustive loop, except that a grid without a positive finite
+    value gives (NaN, None), not (0.0, None); with `return_grid=True` also the
     [Lx + 1, Ly + 1] grid of every pair's score (index 0 = concatenation).
     """
     check_layered(x_feats, "x_feats")

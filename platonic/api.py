@@ -24,10 +24,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from platonic import metrics
 from platonic.alignment import (
     LayerKernels,
     best_of_grid,
+    check_layered,
     load_kernels,
+    metric_kwargs,
     prepare_features,
     score_grid,
 )
@@ -124,7 +127,11 @@ class Alignment:
         {model id: (score, (reference layer, your layer))}, -1 meaning all layers concatenated
         and None no score above 0, as `compute_score(reference, feats)` would.
         """
-        mine = LayerKernels(prepare_features(self._as_layered(feats), exact=self.precise), normalize)
+        layered = self._as_layered(feats)
+        metrics.get_metric(metric)
+        if metric_kwargs(metric, topk, {}).get("topk") is not None:
+            metrics.check_topk(topk, self.num_samples)
+        mine = LayerKernels(prepare_features(layered, exact=self.precise), normalize)
         return {m: best_of_grid(score_grid(self.kernels(m, normalize), mine, metric, topk,
                                            **metric_kw))
                 for m in self.models}
@@ -136,6 +143,7 @@ class Alignment:
         if feats.ndim != 3 or feats.numel() == 0 or not feats.is_floating_point():
             raise PlatonicError(f"features must be a non-empty float [N, D] or [N, layers, D] "
                                 f"array, got {feats.dtype} {tuple(feats.shape)}")
+        check_layered(feats, "features")
         if feats.shape[0] != self.num_samples:
             raise PlatonicError(f"features have {feats.shape[0]} rows but the reference features "
                                 f"hold {self.num_samples} samples of {self.dataset!r}: extract "

@@ -2,8 +2,9 @@
 
 For each (model, level) the feature file lives at
 `feature_path(level_dir(output_dir, level), dataset, subset, model, pool)`. A file is reused only
-when its stored `input_fingerprint` (the exact texts or images and every setting that changes
-the features) matches; a model is loaded only if one of its files is missing or stale, so a run
+when its stored `input_fingerprint` (the exact texts or images, the weights' identity from
+`platonic.identity`, and every setting that changes the features) matches and its tensors
+still have their recorded content hash; a model is loaded only if one of its files is missing or stale, so a run
 killed at any point and started again does only the missing work. Language levels are written
 one by one as they finish; captions repeated across levels are encoded once. Vision features do
 not depend on the level: they are encoded once and hard-linked (or copied) into every level.
@@ -31,7 +32,7 @@ from platonic import cli, language, vision
 from platonic.data import PairedData, dataset_label, load_data
 from platonic.devices import pick_device
 from platonic.errors import PlatonicError
-from platonic.features import feature_path, read_meta, save_features
+from platonic.features import feature_path, read_meta, save_features, verified_fingerprint
 from platonic.fingerprints import images_fingerprint, texts_fingerprint
 from platonic.level_sources import file_levels, rule_levels
 from platonic.levels import parse_levels
@@ -64,6 +65,12 @@ class Settings:
     padding_side: str = "right"
     next_token_loss: bool = True  # False: no language-model head, no loss / bits per byte
 
+    def __post_init__(self) -> None:
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise PlatonicError(f"--batch_size must be a positive integer, got {self.batch_size!r}")
+        if self.padding_side not in ("left", "right"):
+            raise PlatonicError(f"padding side must be left or right, got {self.padding_side!r}")
+
     @property
     def storage_dtype(self) -> torch.dtype:
         if self.dtype not in STORAGE_DTYPES:
@@ -95,12 +102,17 @@ def _output_path(settings: Settings, level: Level, model_id: str, pool: str) -> 
 
 
 def _is_current(path: Path, fingerprint: str, force: bool) -> bool:
+    """The file was made from the same inputs and settings, and its tensors are intact."""
     if force or not path.exists():
         return False
     try:
-        return read_meta(path).get("input_fingerprint") == fingerprint
-    except PlatonicError:
+        if read_meta(path).get("input_fingerprint") != fingerprint:
+            return False
+        verified_fingerprint(path)
+    except PlatonicError as err:
+        tqdm.write(f"remaking: {err}")
         return False
+    return True
 
 
 def _base_meta(spec: ModelSpec, settings: Settings, pool: str, level: Level,
@@ -115,23 +127,29 @@ def _base_meta(spec: ModelSpec, settings: Settings, pool: str, level: Level,
     }
 
 
-def _check_finite(feats: torch.Tensor, model_id: str, level: Level, rows: list[int]) -> None:
+def _check_finite(feats: torch.Tensor, model_id: str, level: Level, rows: list[int],
+                  dtype: str) -> None:
+    """`feats` as they will be written (already in the storage dtype: a finite float32 value
+    can overflow to inf in float16)."""
     bad = (~torch.isfinite(feats).flatten(1).all(dim=1)).nonzero().flatten().tolist()
     if bad:
         indices = [rows[b] for b in bad]
         shown = ", ".join(map(str, indices[:20])) + (" ..." if len(indices) > 20 else "")
-        raise PlatonicError(f"model {model_id}, level {level}: NaN or inf in hidden states of "
-                            f"sample index(es) {shown}")
+        raise PlatonicError(f"model {model_id}, level {level}: NaN or inf in hidden states (as "
+                            f"{dtype}) of sample index(es) {shown}")
 
 
 # ---- language ---------------------------------------------------------------------------------
 
-def language_fingerprint(spec: ModelSpec, settings: Settings, texts: list[str]) -> str:
+def language_fingerprint(spec: ModelSpec, settings: Settings, texts: list[str],
+                         weights: dict[str, Any]) -> str:
+    """Everything the features depend on: model and weights, texts, and every setting."""
     return sha256_of({
         "extractor": EXTRACTOR_VERSION, "model": spec.id, "revision": spec.options.get("revision"),
-        "texts": texts_fingerprint(texts), "pool": settings.pool, "storage_dtype": settings.dtype,
-        "compute_dtype": str(settings.compute_dtype), "max_length": settings.max_length,
-        "qlora": settings.qlora,
+        "weights": weights, "texts": texts_fingerprint(texts), "pool": settings.pool,
+        "storage_dtype": settings.dtype, "compute_dtype": str(settings.compute_dtype),
+        "max_length": settings.max_length, "qlora": settings.qlora,
+        "padding_side": settings.padding_side,
         **({} if settings.next_token_loss else {"next_token_loss": False}),
     })
 
@@ -142,9 +160,10 @@ def extract_language(spec: ModelSpec, texts_by_level: dict[Level, list[str]], se
     if settings.pool not in ("avg", "last"):
         raise PlatonicError(f"language pooling must be avg or last, got {settings.pool!r}")
     todo = {}
+    weights = language.weights_identity(spec)
     for level, texts in texts_by_level.items():
         path = _output_path(settings, level, spec.id, settings.pool)
-        fingerprint = language_fingerprint(spec, settings, texts)
+        fingerprint = language_fingerprint(spec, settings, texts, weights)
         if _is_current(path, fingerprint, settings.force_remake):
             stats.reused.append(path)
         else:
@@ -182,14 +201,14 @@ def _encode_levels(lm: language.LanguageModel, spec: ModelSpec, texts_by_level: 
             stats.padded_tokens += out.padded_tokens
             for row, text in enumerate(new):
                 memo[text] = (out.feats[row], {k: v[row] for k, v in out.extras.items()})
-        feats = torch.stack([memo[t][0] for t in texts])
-        _check_finite(feats, spec.id, level, list(range(len(texts))))
+        feats = torch.stack([memo[t][0] for t in texts]).to(settings.storage_dtype)
+        _check_finite(feats, spec.id, level, list(range(len(texts))), settings.dtype)
         extras = {k: torch.stack([memo[t][1][k] for t in texts]) for k in memo[texts[0]][1]}
         path, fingerprint = todo[level]
         meta = _base_meta(spec, settings, settings.pool, level, lm.num_params, fingerprint, {
             "texts_sha256": texts_fingerprint(texts), "has_loss": lm.causal and settings.next_token_loss,
             "max_length": settings.max_length})
-        save_features(path, feats.to(settings.storage_dtype), meta, extras)
+        save_features(path, feats, meta, extras)
         stats.written.append(path)
         memo = {t: v for t, v in memo.items() if last_use[t] > step}
 
@@ -197,8 +216,10 @@ def _encode_levels(lm: language.LanguageModel, spec: ModelSpec, texts_by_level: 
 # ---- vision -----------------------------------------------------------------------------------
 
 def vision_fingerprint(spec: ModelSpec, settings: Settings, images_sha: str) -> str:
+    """Everything the features depend on: model and weights, images, and every setting."""
     return sha256_of({
         "extractor": EXTRACTOR_VERSION, "model": spec.id, "revision": spec.options.get("revision"),
+        "weights": vision.weights_identity(spec),
         "images": images_sha, "noise_percentage": settings.noise_percentage,
         "noise_seed": settings.noise_seed, "storage_dtype": settings.dtype,
         "compute_dtype": str(settings.compute_dtype),
@@ -246,11 +267,12 @@ def _encode_vision(spec: ModelSpec, images: list[Image.Image], images_sha: str, 
     out = vision.encode_images(vm, images, settings.batch_size, desc=spec.id)
     stats.forward_passes[spec.id] += out.forward_passes
     stats.images_encoded += len(images)
-    _check_finite(out.feats, spec.id, None, list(range(len(images))))
+    feats = out.feats.to(settings.storage_dtype)
+    _check_finite(feats, spec.id, None, list(range(len(images))), settings.dtype)
     meta = _base_meta(spec, settings, VISION_POOL, None, vm.num_params, fingerprint, {
         "layer_dims": out.layer_dims, "noise_percentage": settings.noise_percentage,
         "noise_seed": settings.noise_seed, "images_sha256": images_sha})
-    save_features(path, out.feats.to(settings.storage_dtype), meta)
+    save_features(path, feats, meta)
     return path
 
 

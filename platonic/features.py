@@ -4,7 +4,8 @@ One safetensors file per (model, uniqueness level):
   tensors  `feats` [N, L, D] (per-layer features), plus optional per-sample extras of shape [N]
            (`loss`: mean next-token loss in nats, `bpb`: bits per byte, `num_bytes`, `num_tokens`).
   metadata one key, `platonic`, holding JSON: model id, modality, pooling, prompt, dataset,
-           subset, level, num_samples, num_layers, dim, dtype, num_params, `input_fingerprint`
+           subset, level, num_samples, num_layers, dim, `layer_dims` (each layer's true width: narrower
+           layers are zero-padded to `dim`), dtype, num_params, `input_fingerprint`
            (the exact texts or images and settings used) and `content_sha256` (of the tensors).
 
 Loading never executes code: safetensors for our files, `torch.load(weights_only=True)` for the
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,12 +66,35 @@ def feature_path(root: str | os.PathLike, dataset: str, subset: str | None, mode
 
 
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    return _sha256_of_named((name, tensors[name]) for name in sorted(tensors))
+
+
+def _sha256_of_named(named: Iterable[tuple[str, torch.Tensor]]) -> str:
     h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().contiguous().cpu()
+    for name, tensor in named:
+        t = tensor.detach().contiguous().cpu()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def verified_fingerprint(path: str | os.PathLike) -> str:
+    """The file's recorded `content_sha256`, after checking that its tensors still have it (one
+    tensor in memory at a time); a damaged or edited file is an error, never a reused input."""
+    path = Path(path)
+    meta = read_meta(path)
+    if path.suffix == ".pt":
+        return meta["content_sha256"]
+    with safe_open(str(path), framework="pt") as f:
+        actual = _sha256_of_named((name, f.get_tensor(name)) for name in sorted(f.keys()))  # noqa: SIM118
+    _check_content(path, meta, actual)
+    return meta["content_sha256"]
+
+
+def _check_content(path: Path, meta: dict[str, Any], actual: str) -> None:
+    if meta.get("content_sha256") != actual:
+        raise PlatonicError(f"{path}: its tensors do not match their recorded SHA-256 (a damaged "
+                            "or edited file); extract it again")
 
 
 def save_features(path: str | os.PathLike, feats: torch.Tensor, meta: dict[str, Any],
@@ -84,6 +109,7 @@ def save_features(path: str | os.PathLike, feats: torch.Tensor, meta: dict[str, 
             raise PlatonicError(f"{path}: extra {name!r} has {value.shape[0]} rows, feats {feats.shape[0]}")
         tensors[name] = value
     full_meta = dict(meta)
+    full_meta["layer_dims"] = _layer_dims(path, feats, meta.get("layer_dims"))
     full_meta.update(
         format_version=FORMAT_VERSION,
         num_samples=int(feats.shape[0]),
@@ -95,6 +121,17 @@ def save_features(path: str | os.PathLike, feats: torch.Tensor, meta: dict[str, 
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(full_meta, sort_keys=True)})
     return FeatureFile(tensors.pop(FEATS), full_meta, tensors, Path(path))
+
+
+def _layer_dims(path: str | os.PathLike, feats: torch.Tensor, dims: list[int] | None) -> list[int]:
+    """Each layer's true width (narrower layers are zero-padded to D); all D when not given."""
+    num_layers, width = int(feats.shape[1]), int(feats.shape[2])
+    if dims is None:
+        return [width] * num_layers
+    dims = [int(d) for d in dims]
+    if len(dims) != num_layers or not all(1 <= d <= width for d in dims):
+        raise PlatonicError(f"{path}: layer widths {dims} do not fit features of shape {tuple(feats.shape)}")
+    return dims
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
@@ -123,6 +160,7 @@ def load_features(path: str | os.PathLike, device: str | torch.device = "cpu") -
         tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
     if FEATS not in tensors:
         raise PlatonicError(f"{path}: no '{FEATS}' tensor")
+    _check_content(path, meta, tensors_sha256(tensors))
     feats = tensors.pop(FEATS)
     check_feats(feats, path)
     return FeatureFile(feats, meta, tensors, path)

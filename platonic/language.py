@@ -22,13 +22,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from platonic import identity
 from platonic.devices import is_out_of_memory
 from platonic.errors import PlatonicError, first_line
+from platonic.identity import file_sha256
 from platonic.models import ModelSpec
-from platonic.storage import sha256_file
+from platonic.storage import cache_root
 
 MAX_PAD_RATIO = 1.2
-CACHE_ENV = "PLATONIC_CACHE"
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
 
@@ -59,10 +60,6 @@ class TextFeatures:
     batch_sizes: list[int] = field(default_factory=list)
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "platonic")
-
-
 def compute_dtype(device: str, requested: str | None = None) -> torch.dtype:
     """fp32 on the CPU or on request; on a GPU bf16 where supported (compute capability >= 8), else fp16."""
     if requested == "float32" or not device.startswith("cuda"):
@@ -75,6 +72,11 @@ def compute_dtype(device: str, requested: str | None = None) -> torch.dtype:
 def _source_path(spec: ModelSpec) -> str:
     source = spec.options.get("source")
     return str(source()) if callable(source) else str(source or spec.id)
+
+
+def weights_identity(spec: ModelSpec) -> dict:
+    """What identifies the weights (and config, tokenizer) that `load_language_model` would load."""
+    return identity.weights_identity(_source_path(spec), spec.options.get("revision"))
 
 
 def _load_kwargs(device: str, dtype: torch.dtype, qlora: bool) -> dict:
@@ -114,7 +116,7 @@ def gguf_cache_dir(gguf: Path, dtype: torch.dtype) -> Path:
     """Cache folder of a de-quantised GGUF model, keyed by the file's content and the loader."""
     import transformers
 
-    key = sha256_file(gguf)[:16] + f"-tf{transformers.__version__}-{str(dtype).removeprefix('torch.')}"
+    key = file_sha256(gguf)[:16] + f"-tf{transformers.__version__}-{str(dtype).removeprefix('torch.')}"
     return cache_root() / "gguf" / f"{gguf.stem}-{key}"
 
 
@@ -256,10 +258,18 @@ def tokenize(lm: LanguageModel, texts: list[str], max_length: int | None = None)
     return encoded
 
 
+def effective_padding_side(lm: LanguageModel) -> str:
+    """Left padding only where the model takes position ids: without them, left pads would shift
+    every real token's position (learned or rotary), so such a model is padded on the right,
+    which changes no real token's features under causal or masked attention."""
+    return "left" if lm.padding_side == "left" and _accepts(lm.model, "position_ids") else "right"
+
+
 def _forward(lm: LanguageModel, token_ids: list[list[int]], pool: str, width: int | None = None):
-    batch = collate(token_ids, lm.tokenizer.pad_token_id, lm.padding_side, width)
+    side = effective_padding_side(lm)
+    batch = collate(token_ids, lm.tokenizer.pad_token_id, side, width)
     inputs = {k: v.to(lm.device) for k, v in batch.items()}
-    if lm.padding_side == "right" or not _accepts(lm.model, "position_ids"):
+    if side == "right":
         inputs.pop("position_ids")
     model = lm.model if lm.causal else lm.model.base_model  # no vocabulary-sized head unless needed
     with torch.inference_mode():

@@ -2,7 +2,9 @@
 
 Each feature file is loaded once per run; each y model's kernels are built once and reused for
 every x model. A result is reused pair by pair when the fingerprints of both feature files and
-the metric settings match the stored ones.
+the metric settings match the stored ones; the result written always holds exactly the
+requested models in the requested order. A pair whose layer grid has no positive finite value
+gets an undefined score (NaN, null in the JSON).
 """
 
 from __future__ import annotations
@@ -21,10 +23,16 @@ from platonic.alignment import LayerKernels, best_of_grid, load_kernels, score_g
 from platonic.data import dataset_label
 from platonic.devices import pick_device
 from platonic.errors import PlatonicError
-from platonic.features import read_meta, resolve_feature_file
+from platonic.features import read_meta, resolve_feature_file, verified_fingerprint
 from platonic.levels import parse_levels
 from platonic.models import get_models
-from platonic.results import AlignmentResult, alignment_path, load_result, save_result
+from platonic.results import (
+    AlignmentResult,
+    IncompleteResult,
+    alignment_path,
+    load_result,
+    save_result,
+)
 from platonic.storage import Level, level_dir
 
 
@@ -68,26 +76,40 @@ def feature_files(args: argparse.Namespace, side: Side, in_dir: Path) -> list[Pa
             for m in side.models]
 
 
-def file_fingerprint(path: Path) -> str:
-    return read_meta(path)["content_sha256"]
-
-
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     """Everything besides the inputs that changes a score."""
     return {"metric": args.metric, "topk": args.topk, "normalize": True,
-            "outlier_quantile": 0.95, "precise": args.precise, "order": "metric(y, x)"}
+            "outlier_quantile": 0.95, "outlier_entries": "real (padding excluded)",
+            "precise": args.precise, "order": "metric(y, x)"}
 
 
-def reusable_pairs(path: Path, settings: dict[str, Any], force: bool) -> dict[tuple[str, str], Any]:
-    """(fingerprint_x, fingerprint_y) -> (score, indices, grid) from a previous result."""
+def previous_result(path: Path, settings: dict[str, Any], force: bool) -> AlignmentResult | None:
+    """The result already at `path` if it was made with `settings` and is complete, else None
+    (a result half-written by a killed run is remade, not read)."""
     if force or not path.exists():
-        return {}
-    old = load_result(path, with_grids=True)
-    if old.meta.get("settings") != settings:
+        return None
+    try:
+        old = load_result(path, with_grids=True)
+    except IncompleteResult as err:
+        print(f"remaking: {err}")
+        return None
+    return old if old.meta.get("settings") == settings else None
+
+
+def reusable_pairs(old: AlignmentResult | None) -> dict[tuple[str, str], Any]:
+    """(fingerprint_x, fingerprint_y) -> (score, indices, grid) from a previous result."""
+    if old is None:
         return {}
     fps_x, fps_y = old.meta["fingerprints_x"], old.meta["fingerprints_y"]
     return {(fps_x[i], fps_y[j]): (old.scores[i, j], old.indices[i][j], old.grids.get((i, j)))
             for i in range(len(fps_x)) for j in range(len(fps_y))}
+
+
+def holds_exactly(old: AlignmentResult | None, x: Side, y: Side, fps_x: list[str],
+                  fps_y: list[str]) -> bool:
+    """True when `old` holds the requested models, in the requested order, from these files."""
+    return (old is not None and old.models_x == x.models and old.models_y == y.models
+            and old.meta.get("fingerprints_x") == fps_x and old.meta.get("fingerprints_y") == fps_y)
 
 
 def check_sample_counts(paths_x: list[Path], paths_y: list[Path], topk: int, uses_topk: bool) -> None:
@@ -113,15 +135,16 @@ def measure_level(args: argparse.Namespace, x: Side, y: Side, level: Level,
     out = alignment_path(out_dir, args.dataset, args.subset, args.modelset, x.modality, x.pool,
                          x.prompt, y.modality, y.pool, y.prompt, args.metric, args.topk)
     settings = settings_of(args)
-    fps_x = [file_fingerprint(p) for p in paths_x]
-    fps_y = [file_fingerprint(p) for p in paths_y]
-    reuse = reusable_pairs(out, settings, args.force_remake)
-    todo = [(i, j) for i in range(len(paths_x)) for j in range(len(paths_y))
-            if (fps_x[i], fps_y[j]) not in reuse]
-    if not todo and out.exists():
+    fps_x = [verified_fingerprint(p) for p in paths_x]
+    fps_y = [verified_fingerprint(p) for p in paths_y]
+    old = previous_result(out, settings, args.force_remake)
+    if holds_exactly(old, x, y, fps_x, fps_y):
         print(f"up to date: {out}")
         return out
-    scores = np.zeros((len(paths_x), len(paths_y)))
+    reuse = reusable_pairs(old)
+    todo = [(i, j) for i in range(len(paths_x)) for j in range(len(paths_y))
+            if (fps_x[i], fps_y[j]) not in reuse]
+    scores = np.full((len(paths_x), len(paths_y)), np.nan)
     indices: list[list[Any]] = [[None] * len(paths_y) for _ in paths_x]
     grids: dict[tuple[int, int], np.ndarray] = {}
     for i, j in ((i, j) for i in range(len(paths_x)) for j in range(len(paths_y))):

@@ -262,18 +262,37 @@ def svcca(feats_A: torch.Tensor, feats_B: torch.Tensor, cca_dim: int = 10) -> fl
 
 
 def remove_outliers(feats: torch.Tensor, q: float, exact: bool = False,
-                    max_threshold: float | None = None) -> torch.Tensor:
-    """Clamp to ±q_val, q_val the q-quantile of |x|.
+                    max_threshold: float | None = None,
+                    layer_dims: list[int] | None = None) -> torch.Tensor:
+    """Clamp to ±q_val, q_val the q-quantile of |x| (one threshold for all layers, as the original).
 
     `exact=True`: one global order statistic (the original's sort of the whole tensor);
     `exact=False`: the mean of per-sample quantiles over all other dimensions.
+    `layer_dims`: each layer's true width when narrower layers are zero-padded to the widest
+    (CNN stages); the quantiles are then taken over the real entries only, never the pads.
     """
     if q == 1:
         return feats
-    q_val = global_abs_quantile(feats, q) if exact else mean_sample_abs_quantile(feats, q)
+    values = real_entries(feats, layer_dims)
+    q_val = global_abs_quantile(values, q) if exact else mean_sample_abs_quantile(values, q)
     if max_threshold is not None:
         q_val = max(max_threshold, q_val)
     return feats.clamp(-q_val, q_val)
+
+
+def real_entries(feats: torch.Tensor, layer_dims: list[int] | None) -> torch.Tensor:
+    """[N, L, D] features without their padding: [N, sum(layer_dims)] (or as given if unpadded)."""
+    if layer_dims is None:
+        return feats
+    num_layers, width = feats.shape[1], feats.shape[2]
+    if len(layer_dims) != num_layers or not all(1 <= int(d) <= width for d in layer_dims):
+        raise PlatonicError(f"layer widths {list(layer_dims)} do not fit features of "
+                            f"{num_layers} layers of width {width}")
+    if all(int(d) == width for d in layer_dims):
+        return feats
+    real = torch.arange(width, device=feats.device)[None, :] < torch.tensor(
+        [int(d) for d in layer_dims], device=feats.device)[:, None]
+    return feats[:, real]
 
 
 def global_abs_quantile(feats: torch.Tensor, q: float) -> float:

@@ -124,7 +124,8 @@ def plot_performance(study: Study, summary: StudySummary, family: str,
                      ylim: tuple[float, float] | None = None) -> Figure | None:
     """Alignment vs language performance, one panel per panel level; None if no performance."""
     frame = study.frame.assign(performance=study.performance)
-    frame = frame[(frame["vision_family"] == family) & frame["performance"].notna()]
+    frame = frame[(frame["vision_family"] == family) & frame["performance"].notna()
+                  & frame["score"].notna()]
     if frame.empty:
         return None
     levels = summary.panel_levels

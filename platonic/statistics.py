@@ -159,7 +159,7 @@ def performance_slopes(study: Study) -> pd.DataFrame:
     frame = study.frame.assign(performance=study.performance)
     rows = []
     for (level, vm), group in frame.groupby(["level", "vision_model"], sort=False):
-        with_perf = group.dropna(subset=["performance"])
+        with_perf = group.dropna(subset=["performance", "score"])
         rows.append({"level": level, "vision_model": vm,
                      "vision_family": group["vision_family"].iloc[0],
                      "vision_size": group["vision_size"].iloc[0],

@@ -17,6 +17,12 @@ LEVEL_PLACEHOLDER = "{}"
 # What one feature or alignment folder is for: a uniqueness level (int), a named part of a
 # dataset such as a split ("test"), or neither (None).
 Level = int | str | None
+CACHE_ENV = "PLATONIC_CACHE"
+
+
+def cache_root() -> Path:
+    """Where derived, re-creatable data (de-quantised GGUF models, file hashes) is kept."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "platonic")
 
 
 @contextlib.contextmanager

@@ -124,6 +124,7 @@ def load_study(spec: StudySpec, align_dir: str | os.PathLike,
     notes: list[str] = []
     frame["bits_per_byte"] = _bits_per_byte_column(frame, spec, features_dir, notes)
     notes.extend(_incomplete_model_notes(frame, levels))
+    notes.extend(_undefined_score_notes(frame))
     return Study(spec, levels, frame, notes)
 
 
@@ -211,6 +212,17 @@ def _incomplete_model_notes(frame: pd.DataFrame, levels: list[int]) -> list[str]
             if absent:
                 notes.append(f"{model} has no result at level(s) {join_values(absent)}; left out of "
                              f"the statistics across levels")
+    return notes
+
+
+def _undefined_score_notes(frame: pd.DataFrame) -> list[str]:
+    """One note per model pair with an undefined score (no positive finite value in its grid)."""
+    undefined = frame[frame["score"].isna()]
+    notes = []
+    for (lm, vm), group in undefined.groupby(["language_model", "vision_model"], sort=False):
+        notes.append(f"{lm} x {vm}: undefined score (no positive finite value in its layer grid) "
+                     f"at level(s) {join_values(sorted(group['level']))}; left out of the means, "
+                     f"trends and slopes")
     return notes
 
 

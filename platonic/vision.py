@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from platonic import identity
 from platonic.devices import is_out_of_memory
 from platonic.errors import PlatonicError, first_line
 from platonic.models import ModelSpec
@@ -74,8 +75,65 @@ def _create(spec: ModelSpec) -> torch.nn.Module:
     if checkpoint:
         if not Path(checkpoint).exists():
             raise PlatonicError(f"vision model {spec.id!r}: checkpoint {checkpoint} not found")
-        return timm.create_model(arch, pretrained=False, checkpoint_path=checkpoint)
+        model = timm.create_model(arch, pretrained=False)
+        load_checkpoint_safely(model, Path(checkpoint))
+        return model
     return timm.create_model(arch, pretrained=True)
+
+
+STATE_DICT_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")  # timm's order
+
+
+def load_checkpoint_safely(model: torch.nn.Module, checkpoint: Path) -> None:
+    """Load a user's checkpoint without unpickling code: safetensors, a weights-only
+    `torch.load`, or timm's JAX `.npz` reader (NumPy arrays, pickles refused); whatever the
+    installed timm's own default."""
+    from timm.models import clean_state_dict, load_checkpoint
+
+    if checkpoint.suffix.lower() in (".npz", ".npy"):
+        load_checkpoint(model, str(checkpoint))
+        return
+    try:
+        if checkpoint.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(checkpoint))
+        else:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and safetensors errors alike
+        raise PlatonicError(f"{checkpoint}: not a weights-only checkpoint ({first_line(err)}); "
+                            "save its state dict with safetensors") from err
+    if isinstance(state, dict):
+        key = next((k for k in STATE_DICT_KEYS if isinstance(state.get(k), dict)), None)
+        state = state[key] if key else state
+    if not isinstance(state, dict):
+        raise PlatonicError(f"{checkpoint}: holds no state dict")
+    model.load_state_dict(clean_state_dict(state))
+
+
+def weights_identity(spec: ModelSpec) -> dict:
+    """What identifies the weights `load_vision_model` would load: a seed, the content of a
+    local file, or the Hub commit of timm's pretrained weights."""
+    options = spec.options
+    name, _, checkpoint = spec.id.partition("@")
+    if "random_init_seed" in options:
+        return {"random_init_seed": int(options["random_init_seed"])}
+    if "source" in options:
+        return identity.weights_identity(str(options["source"]()))
+    if checkpoint:
+        return identity.weights_identity(checkpoint)
+    return identity.weights_identity(_timm_hub_id(options.get("timm_name", name)), options.get("revision"))
+
+
+def _timm_hub_id(name: str) -> str:
+    """The Hub repository timm downloads a pretrained model from (else the timm name itself)."""
+    from timm.models import get_pretrained_cfg
+
+    try:
+        cfg = get_pretrained_cfg(name)
+    except Exception:  # an unknown name: the loader reports it
+        return name
+    return getattr(cfg, "hf_hub_id", None) or name
 
 
 def load_vision_model(spec: ModelSpec, device: str = "cpu", dtype: torch.dtype = torch.float32) -> VisionModel:

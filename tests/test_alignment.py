@@ -72,8 +72,15 @@ def test_svcca_search_is_reproducible_and_matches_the_loop():
 def test_ties_go_to_the_first_pair_in_loop_order():
     grid = np.array([[0.1, 0.5], [0.5, 0.2]])
     assert alignment.best_of_grid(grid) == (0.5, (-1, 0))
-    assert alignment.best_of_grid(np.full((2, 2), -0.3)) == (0.0, None)
     assert alignment.best_of_grid(np.array([[np.nan, 0.2]])) == (0.2, (-1, 0))
+    assert alignment.best_of_grid(np.array([[np.inf, 0.2]])) == (0.2, (-1, 0))
+
+
+@pytest.mark.parametrize("grid", [np.full((2, 2), -0.3), np.zeros((2, 3)), np.full((1, 2), np.nan),
+                                  np.array([[np.nan, -np.inf]])])
+def test_a_grid_without_positive_finite_value_has_an_undefined_score(grid):
+    score, layers = alignment.best_of_grid(grid)
+    assert np.isnan(score) and layers is None
 
 
 def test_a_registered_metric_without_fast_form_uses_its_own_function():

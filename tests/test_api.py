@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import platonic
-from platonic.alignment import compute_score, prepare_features
+from platonic.alignment import exhaustive_search, prepare_features
 from platonic.data import load_data
 from platonic.errors import PlatonicError
 from platonic.features import feature_path, save_features
@@ -43,15 +43,43 @@ def _reference(template: str, **kwargs) -> platonic.Alignment:
                               modality="language", level=LEVEL, **kwargs)
 
 
-@pytest.mark.parametrize("metric", ["mutual_knn", "cka"])
-def test_scores_equal_compute_score(template, metric):
+@pytest.mark.parametrize("metric", ["mutual_knn", "cka", "cknna"])
+def test_scores_equal_the_exhaustive_per_pair_loop(template, metric):
     ref = _reference(template)
     mine = _feats(seed=7, layers=4)
     scores = ref.score(mine, metric=metric, topk=5)
     for seed, model in enumerate(MODELS):
-        score, layers = compute_score(prepare_features(_feats(seed, layers=3 + seed)),
-                                      prepare_features(mine), metric, topk=5)
-        assert scores[model][0] == pytest.approx(score) and scores[model][1] == layers
+        score, layers, _ = exhaustive_search(prepare_features(_feats(seed, layers=3 + seed)),
+                                             prepare_features(mine), metric, topk=5)
+        assert scores[model][0] == pytest.approx(score, abs=1e-6) and scores[model][1] == layers
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", N, N + 1])
+def test_a_failing_call_leaves_the_reference_unchanged(template, bad):
+    ref = _reference(template)
+    mine = _feats(seed=7, layers=2)
+    ref.score(mine, topk=5)  # the reference kernels are now cached
+    broken, topk = mine.clone(), 5
+    if isinstance(bad, int):
+        topk = bad
+    else:
+        broken[3, 1, 2] = float(bad)
+    with pytest.raises(PlatonicError) as err:
+        ref.score(broken, topk=topk)
+    assert "\n" not in str(err.value)
+    assert (f"topk={bad}" if isinstance(bad, int) else "sample 3, layer 1") in str(err.value)
+    for metric in ("mutual_knn", "cknna"):
+        assert ref.score(mine, metric=metric, topk=5) == _reference(template).score(mine, metric=metric, topk=5)
+
+
+@pytest.mark.parametrize("topk", [N, N + 1])
+def test_topk_at_n_fails_before_touching_the_cached_kernels(template, topk):
+    ref = _reference(template)
+    kernels = ref.kernels(MODELS[0])
+    grams = kernels.grams.clone()
+    with pytest.raises(PlatonicError, match="topk"):
+        kernels.knn(topk)
+    assert torch.equal(kernels.grams, grams)
 
 
 def test_two_dimensional_features_are_one_layer(template):

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from platonic.features import feature_path, read_meta
@@ -106,8 +107,24 @@ def test_full_run_writes_every_output(full_run, tiny_llama_dir):
     for stem in stems:
         for suffix in (".png", ".pdf"):
             assert (plots / (stem + suffix)).stat().st_size > 0, stem + suffix
-    assert (plots / "alignment.csv").read_text().count("\n") == 1 + len(LEVELS) * 2
     summary = (plots / "summary.md").read_text()
+    table = pd.read_csv(plots / "alignment.csv")
+    assert len(table) == len(LEVELS) * 2
+    languages = [m for m, modality, _ in _models(tiny_llama_dir) if modality == "language"]
+    for level in LEVELS:
+        result = load_result(_alignment_json(base, level), with_grids=True)
+        assert result.models_x == languages and result.models_y == ["test_vit"]
+        for i, model in enumerate(languages):
+            grid = result.grids[(i, 0)]
+            assert result.scores[i, 0] == grid.max() > 0  # the stored best is its grid's maximum
+            layer_x, layer_y = result.indices[i][0]
+            assert grid[layer_x + 1, layer_y + 1] == grid.max()
+            row = table[(table["level"] == level) & (table["language_model"] == model)].iloc[0]
+            assert row["vision_model"] == "test_vit"
+            assert row["score"] == pytest.approx(result.scores[i, 0], abs=1e-12)
+            assert (row["layer_language"], row["layer_vision"]) == (layer_x, layer_y)
+        mean = float(np.mean(result.scores[:, 0]))
+        assert f"| {level} | {mean:.4f} | 2 |" in summary
     assert "Overall Spearman rho" in summary
     assert f"plots and tables: {plots}" in proc.stdout
     assert "Overall Spearman rho" in proc.stdout and "## Mean alignment per level" in proc.stdout

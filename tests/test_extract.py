@@ -174,6 +174,56 @@ def test_nan_names_model_level_and_samples(tmp_path, monkeypatch, tiny_llama_dir
         extract_language(_spec(tiny_llama_dir), {0: captions}, _settings(tmp_path), RunStats())
 
 
+def test_float16_overflow_is_caught_as_written(tmp_path, monkeypatch, tiny_llama_dir, captions):
+    real = language.encode_texts
+
+    def huge(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out.feats[2, 1, 0] = 1e5  # finite in float32, inf in float16
+        return out
+
+    monkeypatch.setattr(language, "encode_texts", huge)
+    with pytest.raises(PlatonicError, match=r"level 0.*float16.* 2$"):
+        extract_language(_spec(tiny_llama_dir), {0: captions}, _settings(tmp_path, dtype="float16"),
+                         RunStats())
+    assert not list(tmp_path.rglob("*.safetensors"))
+    stats = RunStats()  # float32 storage holds it
+    extract_language(_spec(tiny_llama_dir), {0: captions}, _settings(tmp_path, dtype="float32"), stats)
+    assert load_features(stats.written[0]).feats[2, 1, 0] == 1e5
+
+
+@pytest.mark.parametrize("size", [0, -3, 2.5, True])
+def test_batch_size_must_be_a_positive_integer(tmp_path, size):
+    with pytest.raises(PlatonicError, match="--batch_size must be a positive integer"):
+        Settings(output_dir=str(tmp_path), dataset="embedded", subset="seed0", batch_size=size)
+
+
+class _NoPositionIds(torch.nn.Module):
+    """A causal LM whose forward takes no position ids (as some custom models)."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids, attention_mask=None, output_hidden_states=False):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                          output_hidden_states=output_hidden_states)
+
+
+def test_left_padding_without_position_ids_matches_each_caption_alone(tiny_gpt2_dir, captions):
+    loaded = language.load_language_model(_spec(tiny_gpt2_dir))
+    lm = language.LanguageModel(_NoPositionIds(loaded.model), loaded.tokenizer, True,
+                                loaded.num_params, padding_side="left")
+    out = language.encode_texts(lm, captions, "avg", batch_size=3)
+    last = language.encode_texts(lm, captions, "last", batch_size=3)
+    assert max(out.batch_sizes) > 1
+    for i, text in enumerate(captions):
+        mean, final, loss, _ = _alone(loaded, text)
+        torch.testing.assert_close(out.feats[i], mean, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(last.feats[i], final, atol=1e-5, rtol=1e-4)
+        assert out.extras["loss"][i].item() == pytest.approx(loss, rel=1e-4)
+
+
 def _images(n=5):
     from platonic import embedded
 
@@ -193,17 +243,26 @@ def test_vit_gives_cls_after_every_block():
     torch.testing.assert_close(out.feats, torch.stack(seen, dim=1), atol=1e-5, rtol=1e-4)
 
 
-def test_cnn_gives_pooled_stages_zero_padded():
+def test_cnn_gives_pooled_stages_and_head_zero_padded():
+    """Against forward hooks on the stage modules timm names in `feature_info` and on the head
+    (the final norm before global pooling), during the model's own forward pass."""
     vm = load_vision_model(ModelSpec("test_efficientnet", VISION, "test", "tiny", options={"random_init_seed": 0}))
     out = encode_images(vm, _images(), batch_size=4)
+    modules = dict(vm.model.named_modules())
+    names = [info["module"] for info in vm.model.feature_info] + ["bn2"]
+    seen = {}
+    hooks = [modules[name].register_forward_hook(
+        lambda m, i, o, name=name: seen.__setitem__(name, o.mean(dim=(2, 3)))) for name in names]
     with torch.inference_mode():
-        x = torch.stack([vm.transform(img) for img in _images()])
-        stages = vm.model.forward_intermediates(x, intermediates_only=True)
-    for k, stage in enumerate(stages):
-        width = stage.shape[1]
-        torch.testing.assert_close(out.feats[:, k, :width], stage.mean(dim=(2, 3)), atol=1e-5, rtol=1e-4)
+        vm.model(torch.stack([vm.transform(img) for img in _images()]))
+    for hook in hooks:
+        hook.remove()
+    assert out.feats.shape[1] == len(names)
+    assert out.layer_dims == [seen[name].shape[1] for name in names]
+    for k, name in enumerate(names):
+        width = seen[name].shape[1]
+        torch.testing.assert_close(out.feats[:, k, :width], seen[name], atol=1e-5, rtol=1e-4)
         assert not out.feats[:, k, width:].any()
-    assert out.layer_dims[: len(stages)] == [s.shape[1] for s in stages]
 
 
 def test_images_encoded_once_and_linked_into_every_level(tmp_path):
@@ -227,3 +286,113 @@ def test_noise_changes_the_vision_fingerprint(tmp_path):
     noisy = run_extraction([], [spec], {0: ["a"] * 3}, images, _settings(tmp_path, noise_percentage=20))
     assert first.images_encoded == 3 and noisy.images_encoded == 3
     assert read_meta(noisy.written[0])["noise_percentage"] == 20
+
+
+class _Planted:
+    """Unpickling this calls Path.touch on a marker: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (Path(self.marker),))
+
+
+def _checkpoint_model(tmp_path, suffix):
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    source = timm.create_model("test_vit", pretrained=False)
+    path = tmp_path / f"weights{suffix}"
+    if suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    else:
+        torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, path)
+    return source, path
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_arch_at_checkpoint_loads_its_weights(tmp_path, suffix):
+    source, path = _checkpoint_model(tmp_path, suffix)
+    vm = load_vision_model(ModelSpec(f"test_vit@{path}", VISION, "test", "tiny"))
+    for name, value in source.state_dict().items():
+        assert torch.equal(vm.model.state_dict()[name], value), name
+
+
+def test_a_checkpoint_is_never_unpickled(tmp_path, monkeypatch):
+    import timm.models._helpers as timm_helpers
+
+    # as older timm releases did: a full (unsafe) torch.load of the checkpoint
+    monkeypatch.setattr(timm_helpers, "_torch_load",
+                        lambda path, map_location="cpu", weights_only=False, **kw:
+                        torch.load(path, map_location=map_location, weights_only=False))
+    import timm
+
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": timm.create_model("test_vit").state_dict(), "extra": _Planted(marker)}, path)
+    with pytest.raises(PlatonicError, match="evil.pth: not a weights-only checkpoint"):
+        load_vision_model(ModelSpec(f"test_vit@{path}", VISION, "test", "tiny"))
+    assert not marker.exists()
+
+
+def test_a_local_model_whose_weights_change_is_extracted_again(tmp_path, tiny_llama_dir, captions):
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_llama_dir, folder)
+    settings = _settings(tmp_path)
+    first = RunStats()
+    extract_language(_spec(folder), {0: captions}, settings, first)
+    before = load_features(first.written[0]).feats.clone()
+    again = RunStats()
+    extract_language(_spec(folder), {0: captions}, settings, again)
+    assert len(again.reused) == 1 and not again.loads
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.mul_(2)
+    model.save_pretrained(folder)
+    changed = RunStats()
+    extract_language(_spec(folder), {0: captions}, settings, changed)
+    assert len(changed.written) == 1 and sum(changed.loads.values()) == 1
+    assert not torch.equal(load_features(changed.written[0]).feats, before)
+    left = RunStats()
+    extract_language(_spec(folder), {0: captions}, _settings(tmp_path, padding_side="left"), left)
+    assert len(left.written) == 1  # the padding side is part of the fingerprint
+
+
+def test_a_damaged_feature_file_is_not_reused(tmp_path, tiny_llama_dir, captions):
+    settings = _settings(tmp_path)
+    first = RunStats()
+    extract_language(_spec(tiny_llama_dir), {0: captions}, settings, first)
+    path = first.written[0]
+    original = load_features(path).feats.clone()
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF  # a flipped bit in the last tensor's bytes, header intact
+    path.write_bytes(bytes(data))
+    with pytest.raises(PlatonicError, match="do not match their recorded SHA-256"):
+        load_features(path)
+    again = RunStats()
+    extract_language(_spec(tiny_llama_dir), {0: captions}, settings, again)
+    assert again.written == [path] and not again.reused
+    torch.testing.assert_close(load_features(path).feats, original)
+
+
+def test_file_hashes_are_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
+    from platonic import identity
+    from platonic.storage import sha256_file
+
+    monkeypatch.setenv("PLATONIC_CACHE", str(tmp_path / "cache"))
+    calls = []
+    monkeypatch.setattr(identity, "sha256_file", lambda p: calls.append(p) or sha256_file(p))
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(b"one")
+    assert identity.file_sha256(weights) == sha256_file(weights) and len(calls) == 1
+    assert identity.file_sha256(weights) == sha256_file(weights) and len(calls) == 1
+    weights.write_bytes(b"two!")
+    assert identity.file_sha256(weights) == sha256_file(weights) and len(calls) == 2

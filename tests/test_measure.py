@@ -1,5 +1,6 @@
 """measure_alignment.py on small feature files written by the test."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -11,9 +12,9 @@ import torch
 
 from platonic import alignment
 from platonic.errors import PlatonicError
-from platonic.features import feature_path, save_features
+from platonic.features import feature_path, load_features, save_features
 from platonic.measure import main
-from platonic.results import csv_path, grids_path, load_result
+from platonic.results import IncompleteResult, csv_path, grids_path, load_result
 
 ROOT = Path(__file__).resolve().parents[1]
 LANG = ["org/lm-a", "org/lm-b"]
@@ -141,5 +142,116 @@ def test_nan_names_file_and_layer_with_one_line_and_exit_2(tmp_path):
 
 
 def test_unknown_metric_is_rejected_by_the_cli(tmp_path):
-    with pytest.raises(SystemExit):
-        main(["--metric", "nope"])
+    proc = subprocess.run([sys.executable, str(ROOT / "measure_alignment.py"), "--metric", "nope",
+                           "--input_dir", str(tmp_path / "feats"), "--output_dir", str(tmp_path / "align")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "argument --metric: invalid choice: 'nope'" in proc.stderr
+    assert not (tmp_path / "align").exists()
+
+
+def count_score_grids(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    real = alignment.score_grid
+    monkeypatch.setattr("platonic.measure.score_grid", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def test_a_result_holds_exactly_the_requested_models_in_order(tmp_path, monkeypatch):
+    write_models(tmp_path / "feats")
+    out = run(tmp_path)
+    first = load_result(out, with_grids=True)
+    calls = count_score_grids(monkeypatch)
+    # lm-a's pairs are recomputed once, after the one-model result dropped them; the rest is reused
+    for models, computed in ((["org/lm-b"], 0), (["org/lm-b", "org/lm-a"], len(VIS)), (LANG, 0)):
+        calls.clear()
+        main(["--dataset", "toy", "--subset", "s", "--models_x", *models, "--models_y", *VIS,
+              "--input_dir", str(tmp_path / "feats"), "--output_dir", str(tmp_path / "align"),
+              "--topk", "5"])
+        result = load_result(out, with_grids=True)
+        assert result.models_x == models
+        rows = [LANG.index(m) for m in models]
+        np.testing.assert_array_equal(result.scores, first.scores[rows])
+        assert result.indices == [first.indices[r] for r in rows]
+        for i, r in enumerate(rows):
+            for j in range(len(VIS)):
+                np.testing.assert_array_equal(result.grids[(i, j)], first.grids[(r, j)])
+        csv_models = [row["model_x"] for row in csv.DictReader(csv_path(out).open())]
+        assert csv_models == [m for m in models for _ in VIS]
+        assert len(calls) == computed
+
+
+def test_a_pair_without_positive_score_is_stored_as_undefined(tmp_path, monkeypatch):
+    write_models(tmp_path / "feats")
+    real = alignment.score_grid
+
+    def negative_for_vit_y(ky, kx, *args, **kwargs):
+        grid = real(ky, kx, *args, **kwargs)
+        return -np.abs(grid) if ky.n == N and len(ky) == 4 and kx.grams.shape[0] == 4 else grid
+
+    monkeypatch.setattr("platonic.measure.score_grid", negative_for_vit_y)
+    out = run(tmp_path)
+    data = json.loads(out.read_text())
+    result = load_result(out)
+    undefined = [(i, j) for i in range(len(LANG)) for j in range(len(VIS)) if data["scores"][i][j] is None]
+    assert undefined, "the planted pair must be undefined"
+    for i, j in undefined:
+        assert np.isnan(result.scores[i, j]) and result.indices[i][j] is None
+    rows = list(csv.DictReader(csv_path(out).open()))
+    for row in rows:
+        i, j = LANG.index(row["model_x"]), VIS.index(row["model_y"])
+        assert (row["score"] == "") == ((i, j) in undefined)
+        if row["score"]:
+            assert float(row["score"]) == result.scores[i, j]
+
+
+def test_a_half_written_result_is_detected_and_remade(tmp_path, monkeypatch):
+    write_models(tmp_path / "feats")
+    out = run(tmp_path)
+    first = load_result(out, with_grids=True)
+    # a run killed after renaming its new grids but before its JSON: grids of another run
+    np.savez_compressed(grids_path(out), grid_0_0=np.zeros((2, 2)))
+    with pytest.raises(IncompleteResult, match="incomplete"):
+        load_result(out)
+    calls = count_score_grids(monkeypatch)
+    run(tmp_path)
+    assert len(calls) == len(LANG) * len(VIS)
+    again = load_result(out, with_grids=True)
+    np.testing.assert_array_equal(again.scores, first.scores)
+    csv_path(out).write_text("level,model_x\n")
+    with pytest.raises(IncompleteResult):
+        load_result(out)
+
+
+def test_padded_layers_are_clamped_over_their_real_entries(tmp_path):
+    """A CNN-like file (layers zero-padded to the widest) against the search on features
+    clamped by an independent numpy computation over the real entries only."""
+    write_models(tmp_path / "feats")
+    g = torch.Generator().manual_seed(5)
+    dims = [4, 9, 16]
+    feats = torch.zeros(N, 3, 16)
+    for layer, d in enumerate(dims):
+        feats[:, layer, :d] = torch.randn(N, d, generator=g) ** 3
+    save_features(feature_path(tmp_path / "feats", "toy", "s", "vit_x", "cls"), feats,
+                  {"model": "vit_x", "layer_dims": dims})
+    out = run(tmp_path, "--metric", "cka").with_name("cka_k5.json")
+    result = load_result(out)
+    real = [np.concatenate([row[layer, :d] for layer, d in enumerate(dims)]) for row in feats.numpy()]
+    threshold = float(np.mean([np.quantile(np.abs(r), 0.95) for r in real]))
+    y = feats.clamp(-threshold, threshold)
+    x = alignment.prepare_features(load_features(feature_path(tmp_path / "feats", "toy", "s", LANG[0], "avg")).feats)
+    score, _, _ = alignment.exhaustive_search(y, x, "cka")
+    assert result.scores[0, 0] == pytest.approx(score, abs=1e-6)
+    wrong, _, _ = alignment.exhaustive_search(alignment.prepare_features(feats), x, "cka")
+    assert abs(wrong - score) > 1e-4  # the padding-blind clamp gives another score
+
+
+def test_a_damaged_feature_file_is_an_error_even_when_the_result_is_reused(tmp_path):
+    write_models(tmp_path / "feats")
+    run(tmp_path)
+    path = feature_path(tmp_path / "feats", "toy", "s", "vit_z", "cls")
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(PlatonicError, match="vit_z_pool-cls.safetensors: its tensors do not match"):
+        run(tmp_path)

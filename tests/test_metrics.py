@@ -93,6 +93,43 @@ def test_cka_and_unbiased_cka_match_numpy_float64():
     assert metrics.unbiased_cka(a, b) == pytest.approx(hu(K, L) / (np.sqrt(hu(K, K) * hu(L, L)) + 1e-6), abs=1e-5)
 
 
+def plain_cknna(a: np.ndarray, b: np.ndarray, k: int, unbiased: bool = True) -> float:
+    """CKNNA as published (Huh et al. 2024), one loop per row: HSIC of the kernels restricted
+    to pairs that are top-k neighbours in both spaces (self excluded when unbiased)."""
+    n = len(a)
+    K, L = a @ a.T, b @ b.T
+
+    def neighbours(M):
+        mask = np.zeros((n, n))
+        for i in range(n):
+            others = [j for j in range(n) if not (unbiased and j == i)]
+            for j in sorted(others, key=lambda j: -M[i, j])[:k]:
+                mask[i, j] = 1.0
+        return mask
+
+    H = np.eye(n) - 1 / n
+    hsic = numpy_hsic_unbiased if unbiased else (lambda X, Y: np.trace(X @ H @ Y @ H))
+    mk, ml = neighbours(K), neighbours(L)
+
+    def similarity(A, mask_a, B, mask_b):
+        mask = mask_a * mask_b
+        return hsic(mask * A, mask * B)
+
+    return similarity(K, mk, L, ml) / (np.sqrt(similarity(K, mk, K, mk) * similarity(L, ml, L, ml)) + 1e-6)
+
+
+@pytest.mark.parametrize("unbiased", [True, False])
+@pytest.mark.parametrize("k", [2, 5, 17])
+def test_cknna_with_few_neighbours_matches_a_plain_loop(k, unbiased):
+    from platonic.alignment import LayerKernels, score_grid
+
+    a, b = correlated(n=40, noise=0.7)
+    expected = plain_cknna(a.double().numpy(), b.double().numpy(), k, unbiased)
+    assert metrics.cknna(a, b, topk=k, unbiased=unbiased) == pytest.approx(expected, abs=1e-5)
+    grid = score_grid(LayerKernels(a[:, None]), LayerKernels(b[:, None]), "cknna", topk=k, unbiased=unbiased)
+    assert grid[1, 1] == pytest.approx(expected, abs=1e-5)
+
+
 def test_cknna_topk_none_means_all_neighbours():
     a, b = correlated(n=60)
     assert metrics.cknna(a, b, topk=None) == pytest.approx(metrics.cknna(a, b, topk=59), abs=1e-7)
@@ -125,9 +162,33 @@ def test_independent_inputs_give_chance_mutual_knn():
     assert metrics.mutual_knn(a, b, topk=k) == pytest.approx(k / (n - 1), abs=0.005)
 
 
-def test_svcca_is_reproducible():
-    a, b = correlated()
-    assert metrics.svcca(a, b) == metrics.svcca(a, b)
+def closed_form_svcca(a: np.ndarray, b: np.ndarray, cca_dim: int) -> float:
+    """SVCCA by the published formula, computed exactly: standardise, exact SVD to `cca_dim`
+    directions, then the canonical correlations of two orthonormal bases are the singular
+    values of U1^T U2 (Raghu et al. 2017); their mean."""
+    def reduce(x):
+        x = x - x.mean(axis=0)
+        x = x / (x.std(axis=0, ddof=1) + 1e-8)
+        return np.linalg.svd(x, full_matrices=False)[0][:, :cca_dim]
+
+    return float(np.linalg.svd(reduce(a).T @ reduce(b), compute_uv=False).mean())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_svcca_matches_the_closed_form(seed):
+    """Features of rank about `cca_dim` (plus faint noise), so that the seeded randomised SVD
+    finds the same subspace as the exact one and sklearn's iterative CCA converges."""
+    g = torch.Generator().manual_seed(seed)
+    n, cca_dim = 300, 6
+    shared = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    a = torch.cat([shared, torch.randn(n, 3, generator=g, dtype=torch.float64)], 1) @ torch.randn(6, 40, generator=g, dtype=torch.float64)
+    b = torch.cat([shared + 0.5 * torch.randn(n, 3, generator=g, dtype=torch.float64),
+                   torch.randn(n, 3, generator=g, dtype=torch.float64)], 1) @ torch.randn(6, 30, generator=g, dtype=torch.float64)
+    a, b = a + 1e-4 * torch.randn(a.shape, generator=g, dtype=torch.float64), b + 1e-4 * torch.randn(b.shape, generator=g, dtype=torch.float64)
+    expected = closed_form_svcca(a.numpy(), b.numpy(), cca_dim)
+    assert 0.3 < expected < 0.9  # neither trivial nor degenerate
+    assert metrics.svcca(a.float(), b.float(), cca_dim=cca_dim) == pytest.approx(expected, abs=1e-4)
+    assert metrics.svcca(a.float(), b.float(), cca_dim=cca_dim) == metrics.svcca(a.float(), b.float(), cca_dim=cca_dim)
 
 
 def test_remove_outliers_matches_original_formulas():
@@ -152,3 +213,40 @@ def test_bad_input_is_one_clear_error(bad):
     a, b = correlated(n=30)
     with pytest.raises(PlatonicError):
         bad(a, b)
+
+
+def _mean_quantile_of_real_entries(feats: np.ndarray, dims: list[int], q: float) -> float:
+    """The original's threshold over each sample's real entries only: a plain numpy loop."""
+    per_sample = [np.quantile(np.abs(np.concatenate([row[layer, :d] for layer, d in enumerate(dims)])), q)
+                  for row in feats]
+    return float(np.mean(per_sample))
+
+
+def test_outlier_threshold_ignores_zero_padding():
+    g = torch.Generator().manual_seed(2)
+    dims = [3, 8, 20]
+    feats = torch.zeros(30, len(dims), 20)
+    for layer, d in enumerate(dims):
+        feats[:, layer, :d] = torch.randn(30, d, generator=g) * (layer + 1)
+    threshold = _mean_quantile_of_real_entries(feats.double().numpy(), dims, 0.95)
+    out = metrics.remove_outliers(feats, 0.95, layer_dims=dims)
+    torch.testing.assert_close(out, feats.clamp(-threshold, threshold), atol=1e-5, rtol=0)
+    real = torch.cat([feats[:, layer, :d].flatten() for layer, d in enumerate(dims)]).abs()
+    exact = real.sort().values[int(0.95 * real.numel())]
+    torch.testing.assert_close(metrics.remove_outliers(feats, 0.95, exact=True, layer_dims=dims),
+                               feats.clamp(-exact, exact))
+
+
+def test_equal_widths_clamp_as_the_original():
+    g = torch.Generator().manual_seed(3)
+    feats = torch.randn(20, 4, 10, generator=g) ** 3
+    threshold = _mean_quantile_of_real_entries(feats.double().numpy(), [10] * 4, 0.95)
+    for dims in (None, [10] * 4):
+        out = metrics.remove_outliers(feats, 0.95, layer_dims=dims)
+        torch.testing.assert_close(out, feats.clamp(-threshold, threshold), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dims", [[3, 8], [3, 8, 21], [0, 8, 20]])
+def test_bad_layer_widths_are_one_clear_error(dims):
+    with pytest.raises(PlatonicError, match="layer widths"):
+        metrics.remove_outliers(torch.ones(4, 3, 20), 0.95, layer_dims=dims)

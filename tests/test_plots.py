@@ -46,13 +46,18 @@ def make_bpb(level: int, li: int, constant: bool) -> torch.Tensor:
     return torch.tensor([base - 0.1, base, base + 0.1], dtype=torch.float32)
 
 
-def write_study(root, levels=LEVELS, constant_bpb=False):
+def write_study(root, levels=LEVELS, constant_bpb=False, undefined=None):
+    """`undefined`: (level, language index, vision index) of a pair stored as undefined."""
     align, feats = str(root / "u={}_alignment"), str(root / "u={}_features")
     for level in levels:
         indices = [[(li % 2, -1 if vi == 0 else vi) for vi in range(len(VISION))]
                    for li in range(len(LANGUAGE))]
         indices[0][1] = None
-        result = AlignmentResult(SPEC.metric, SPEC.topk, LANGUAGE, VISION, make_scores(level),
+        scores = make_scores(level)
+        if undefined and undefined[0] == level:
+            scores[undefined[1], undefined[2]] = np.nan
+            indices[undefined[1]][undefined[2]] = None
+        result = AlignmentResult(SPEC.metric, SPEC.topk, LANGUAGE, VISION, scores,
                                  indices, meta={"level": level})
         save_result(SPEC.alignment_file(level_dir(align, level)), result)
         for li, lm in enumerate(LANGUAGE):
@@ -197,6 +202,23 @@ def test_constant_bpb_gives_undefined_slopes(tmp_path):
     assert out.summary.families["mean_slope"].isna().all()
     assert "| DINOv2 | 3 |" in out.summary_path.read_text()
     assert "undefined |\n" in out.summary_path.read_text()
+
+
+def test_an_undefined_score_is_kept_out_of_the_means_and_noted(tmp_path):
+    align, feats = write_study(tmp_path, undefined=(30, 1, 2))
+    out = plot_study(SPEC, align, feats, tmp_path / "plots", levels=LEVELS, **PNG_ONLY)
+    kept = [(li, vi) for li in range(len(LANGUAGE)) for vi in range(len(VISION)) if (li, vi) != (1, 2)]
+    for level, row in zip(LEVELS, out.summary.level_means.itertuples(), strict=True):
+        expected = np.mean([make_scores(level)[li, vi] for li, vi in kept])
+        assert row.mean_score == pytest.approx(expected, abs=1e-12) and row.n_pairs == len(kept)
+    slopes = out.summary.slopes.set_index(["level", "vision_model"])
+    assert slopes.loc[(30, VISION[2]), "n_language_models"] == 1  # lm-large left out, encoder has no bpb
+    table = pd.read_csv(out.csv)
+    cell = table[(table["level"] == 30) & (table["language_model"] == LANGUAGE[1])
+                 & (table["vision_model"] == VISION[2])]
+    assert cell["score"].isna().all()
+    text = out.summary_path.read_text()
+    assert f"{LANGUAGE[1]} x {VISION[2]}: undefined score" in text and "level(s) 30" in text
 
 
 def test_two_levels_give_undefined_rho(tmp_path):

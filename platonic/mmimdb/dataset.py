@@ -30,7 +30,7 @@ from PIL import Image, UnidentifiedImageError
 
 from platonic.errors import PlatonicError
 from platonic.mmimdb.genres import label_matrix
-from platonic.storage import read_json, write_json
+from platonic.storage import cache_root, read_json, write_json
 
 ROOT_ENV = "MMIMDB_ROOT"
 SPLITS: tuple[str, ...] = ("train", "dev", "test")
@@ -48,17 +48,11 @@ class Movie:
     image_path: Path
 
 
-def _cache_root() -> Path:
-    from platonic.language import cache_root
-
-    return cache_root()
-
-
 def fixture_root(seed: int = 0) -> Path:
     """Where the embedded fixture of `seed` lives in the project cache (built on first use)."""
     from platonic.mmimdb.fixture import fixture_fingerprint
 
-    return _cache_root() / "mmimdb_fixture" / fixture_fingerprint(seed)
+    return cache_root() / "mmimdb_fixture" / fixture_fingerprint(seed)
 
 
 def ensure_fixture(seed: int = 0) -> Path:
