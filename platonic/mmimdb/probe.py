@@ -4,7 +4,7 @@ The original trained one `Linear(D, 23)` per (lr, wd) setting, 20 trainings of 1
 with Adam, `BCEWithLogitsLoss(pos_weight=(N - pos) / (pos + 1e-6))` from the train labels and
 batches of 128; it kept each setting's best epoch by dev macro F1, then the best setting by
 the same, and reported that classifier on test. Here the 20 settings are one batched linear
-layer (weights [S, D, C], one `einsum` per batch, one backward pass for all); Adam is applied
+layer (weights [D, S, C]: one matrix product per batch for all settings, one backward pass); Adam is applied
 to all settings at once with each setting's own learning rate and weight decay (torch's Adam:
 L2 decay added to the gradient, bias-corrected moments), so each setting follows the same
 trajectory as its own training would. Every setting starts from the same seeded
@@ -163,12 +163,15 @@ def _train_grid(x_train: torch.Tensor, y_train: torch.Tensor, x_dev: torch.Tenso
     settings = config.settings
     num_settings, (n, dim), num_classes = len(settings), x_train.shape, y_train.shape[1]
     init = _initial_linear(dim, num_classes, config.seed)
-    weight = init.weight.detach().T.to(device).repeat(num_settings, 1, 1).contiguous()
+    # weights [D, S, C]: every setting's columns side by side, so that one [B, D] x [D, S * C]
+    # product (and one each way in backward) serves the whole grid
+    weight = init.weight.detach().T.to(device)[:, None, :].repeat(1, num_settings, 1).contiguous()
     bias = init.bias.detach().to(device).repeat(num_settings, 1).contiguous()
     weight.requires_grad_(True)
     bias.requires_grad_(True)
     lr = torch.tensor([s[0] for s in settings], dtype=weight.dtype, device=device)
     wd = torch.tensor([s[1] for s in settings], dtype=weight.dtype, device=device)
+    per_setting = [(lr.view(1, -1, 1), wd.view(1, -1, 1)), (lr.view(-1, 1), wd.view(-1, 1))]
     moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in (weight, bias)]
     weights_pos = pos_weight(y_train)
     generator = torch.Generator().manual_seed(config.seed)
@@ -180,41 +183,47 @@ def _train_grid(x_train: torch.Tensor, y_train: torch.Tensor, x_dev: torch.Tenso
     for epoch in tqdm(range(1, config.epochs + 1), desc=desc, unit="epoch", leave=False):
         for batch in _batches(n, config.batch_size, generator):
             batch = batch.to(device)
-            logits = torch.einsum("nd,sdc->snc", x_train[batch], weight) + bias[:, None, :]
+            logits = _grid_logits(x_train[batch], weight, bias)
             losses = F.binary_cross_entropy_with_logits(
-                logits, y_train[batch].expand_as(logits), pos_weight=weights_pos,
-                reduction="none").mean(dim=(1, 2))
+                logits, y_train[batch][:, None, :].expand_as(logits), pos_weight=weights_pos,
+                reduction="none").mean(dim=(0, 2))
             weight.grad = bias.grad = None
             losses.sum().backward()
             step += 1
             with torch.no_grad():
-                for param, (m, v) in zip((weight, bias), moments, strict=True):
-                    _adam_step(param, m, v, lr, wd, step)
+                for param, (m, v), (lr_s, wd_s) in zip((weight, bias), moments, per_setting,
+                                                       strict=True):
+                    _adam_step(param, m, v, lr_s, wd_s, step)
         with torch.no_grad():
-            dev_logits = torch.einsum("nd,sdc->snc", x_dev, weight) + bias[:, None, :]
+            dev_logits = _grid_logits(x_dev, weight, bias).transpose(0, 1)  # [S, N, C]
             f1 = f1_per_class(dev_logits > 0, y_dev.expand_as(dev_logits)).mean(dim=-1)
             history[epoch - 1] = f1.cpu().numpy()
             better = f1 > best_f1
             best_f1 = torch.where(better, f1, best_f1)
             best_epoch = torch.where(better, torch.full_like(best_epoch, epoch), best_epoch)
-            best_w = torch.where(better[:, None, None], weight, best_w)
+            best_w = torch.where(better[None, :, None], weight, best_w)
             best_b = torch.where(better[:, None], bias, best_b)
-    return GridResult(settings, best_f1.cpu().numpy(), best_epoch.cpu().numpy(), best_w.cpu(),
-                      best_b.cpu(), history)
+    return GridResult(settings, best_f1.cpu().numpy(), best_epoch.cpu().numpy(),
+                      best_w.permute(1, 0, 2).contiguous().cpu(), best_b.cpu(), history)
+
+
+def _grid_logits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """[N, S, C] logits of every setting: one matrix product for the whole grid."""
+    dim, num_settings, num_classes = weight.shape
+    return (x @ weight.view(dim, -1)).view(-1, num_settings, num_classes) + bias
 
 
 def _adam_step(param: torch.Tensor, m: torch.Tensor, v: torch.Tensor, lr: torch.Tensor,
                wd: torch.Tensor, step: int) -> None:
-    """torch.optim.Adam's update (L2 weight decay in the gradient), one lr and wd per setting
-    along the first axis."""
-    shape = (-1,) + (1,) * (param.ndim - 1)
-    grad = param.grad + wd.view(shape) * param
+    """torch.optim.Adam's update (L2 weight decay in the gradient), with `lr` and `wd` shaped
+    to broadcast one value per setting over `param`."""
+    grad = param.grad + wd * param
     m.mul_(BETAS[0]).add_(grad, alpha=1 - BETAS[0])
     v.mul_(BETAS[1]).addcmul_(grad, grad, value=1 - BETAS[1])
     bias_correction1 = 1 - BETAS[0] ** step
     bias_correction2 = 1 - BETAS[1] ** step
     denom = (v.sqrt() / math.sqrt(bias_correction2)).add_(EPS)
-    param.addcdiv_(m * (lr.view(shape) / bias_correction1), denom, value=-1.0)
+    param.addcdiv_(m * (lr / bias_correction1), denom, value=-1.0)
 
 
 def train_single(x_train: torch.Tensor, y_train: torch.Tensor, x_dev: torch.Tensor,
