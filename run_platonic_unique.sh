@@ -29,6 +29,8 @@ Each option may also be given as an environment variable of the same name in cap
   --levels SPEC        'all', '0,50,100', '0:100:10' or '0,10,...,100' (default: all = 0,10,...,100)
   --metric NAME        alignment metric (default: mutual_knn)
   --topk K             neighbours for kNN metrics (default: 10)
+  --null N             permutations of the null distribution of every score (chance band,
+                       p-values, calibrated scores; default: 100; 0: off)
   --num_samples N      first N image-caption pairs (default: all; embedded: 512)
   --device NAME        cpu, cuda, cuda:1 (default: cuda if available)
   --batch_size N       captions/images per forward pass (default: 32)
@@ -46,7 +48,7 @@ The paper's setting (needs network and a GPU):
 EOF
 }
 
-OPTIONS=(BASE_DIR MODELSET DATASET SUBSET CAPTIONS LEVELS METRIC TOPK NUM_SAMPLES DEVICE
+OPTIONS=(BASE_DIR MODELSET DATASET SUBSET CAPTIONS LEVELS METRIC TOPK NULL NUM_SAMPLES DEVICE
   BATCH_SIZE PLOT_DIR)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib/stages.sh
@@ -87,7 +89,7 @@ extract() {
 
 measure() {
   local args=(--modelset "$MODELSET" --dataset "$DATASET" --subset "$SUBSET"
-    --levels "$LEVEL_LIST" --metric "$METRIC" --topk "$TOPK"
+    --levels "$LEVEL_LIST" --metric "$METRIC" --topk "$TOPK" --null "$NULL"
     --input_dir "$BASE_DIR/u={}_features" --output_dir "$BASE_DIR/u={}_alignment")
   [[ -n $DEVICE ]] && args+=(--device "$DEVICE")
   run_stage measure "$PY" "$ROOT/measure_alignment.py" "${args[@]}"
@@ -153,6 +155,7 @@ main() {
   LEVELS=${LEVELS:-all}
   METRIC=${METRIC:-mutual_knn}
   TOPK=${TOPK:-10}
+  NULL=${NULL:-100}
   NUM_SAMPLES=${NUM_SAMPLES:-}
   DEVICE=${DEVICE:-}
   BATCH_SIZE=${BATCH_SIZE:-32}

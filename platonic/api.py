@@ -9,6 +9,7 @@ As the original platonic-rep library offered::
     feats = my_model(texts)             # [N, D] or [N, layers, D]
     ref.score(feats, metric="mutual_knn", topk=10)
     # {reference model id: (best score, (reference layer, your layer))}, -1 = all layers
+    ref.score(feats, null=1000)         # + a Calibration: null mean / p95, p-value, calibrated, CI
 
 Nothing is downloaded: the reference features are files written by extract_features.py, and
 `get_data` rebuilds the samples from platonic.data, checked against the fingerprints stored in
@@ -34,6 +35,7 @@ from platonic.alignment import (
     prepare_features,
     score_grid,
 )
+from platonic.calibration import N_BOOTSTRAP, Calibration, calibrate, check_counts
 from platonic.data import dataset_label, load_data
 from platonic.errors import PlatonicError
 from platonic.features import read_meta, resolve_feature_file
@@ -120,21 +122,33 @@ class Alignment:
         return self._kernels[key]
 
     def score(self, feats: torch.Tensor | np.ndarray, metric: str = "mutual_knn",
-              topk: int | None = 10, normalize: bool = True, **metric_kw: Any) -> dict[str, Score]:
+              topk: int | None = 10, normalize: bool = True, null: int = 0,
+              bootstrap: int = N_BOOTSTRAP, seed: int = 0,
+              **metric_kw: Any) -> dict[str, Score | tuple[float, Any, Calibration]]:
         """Best score of every reference model against `feats` over all layer pairs.
 
         `feats` is [N, D] or [N, layers, D], rows in the order of `get_data`. Returns
         {model id: (score, (reference layer, your layer))}, -1 meaning all layers concatenated
-        and None no score above 0, as `compute_score(reference, feats)` would.
+        and None no score above 0, as `compute_score(reference, feats)` would. With `null=N`,
+        each value gains a third item, the `platonic.calibration.Calibration` of the score:
+        null from N permutations of your rows, p-value, calibrated score, and a bootstrap CI
+        (`bootstrap` replicates) at the chosen layers.
         """
         layered = self._as_layered(feats)
         metrics.get_metric(metric)
         if metric_kwargs(metric, topk, {}).get("topk") is not None:
             metrics.check_topk(topk, self.num_samples)
+        if null:
+            check_counts(null, bootstrap)
         mine = LayerKernels(prepare_features(layered, exact=self.precise), normalize)
-        return {m: best_of_grid(score_grid(self.kernels(m, normalize), mine, metric, topk,
-                                           **metric_kw))
-                for m in self.models}
+        out: dict[str, Any] = {}
+        for m in self.models:
+            grid = score_grid(self.kernels(m, normalize), mine, metric, topk, **metric_kw)
+            out[m] = best_of_grid(grid)
+            if null:
+                out[m] = (*out[m], calibrate(self.kernels(m, normalize), mine, metric, topk, null,
+                                             bootstrap, seed, grid=grid, **metric_kw))
+        return out
 
     def _as_layered(self, feats: torch.Tensor | np.ndarray) -> torch.Tensor:
         feats = torch.as_tensor(feats, device=self.device)

@@ -34,6 +34,7 @@ from platonic.devices import pick_device
 from platonic.errors import PlatonicError
 from platonic.features import feature_path, read_meta, save_features, verified_fingerprint
 from platonic.fingerprints import images_fingerprint, texts_fingerprint
+from platonic.hub_vision import TRANSFORMERS, is_hub_vision, vision_loader
 from platonic.level_sources import file_levels, rule_levels
 from platonic.levels import parse_levels
 from platonic.models import LANGUAGE, MODEL_SETS, VISION, ModelSpec, get_model, get_models
@@ -224,6 +225,7 @@ def vision_fingerprint(spec: ModelSpec, settings: Settings, images_sha: str) -> 
         "noise_seed": settings.noise_seed, "storage_dtype": settings.dtype,
         "compute_dtype": str(settings.compute_dtype),
         "random_init_seed": spec.options.get("random_init_seed"),
+        **({"loader": TRANSFORMERS} if vision_loader(spec) == TRANSFORMERS else {}),
     })
 
 
@@ -301,14 +303,20 @@ def run_extraction(language_specs: list[ModelSpec], vision_specs: list[ModelSpec
 
 
 def guess_modality(model_id: str) -> str:
-    """A model named on the command line: registered, a timm name / checkpoint, or a language model."""
+    """A model named on the command line: registered, a timm name / checkpoint, a transformers
+    vision model (by its config in a local folder or the local Hub cache, else by its name; see
+    `platonic.hub_vision.is_hub_vision`), or else a language model."""
     import timm
 
     for spec in _registered():
         if spec.id == model_id:
             return spec.modality
     name = model_id.partition("@")[0]
-    return VISION if "@" in model_id or timm.is_model(name.split(".")[0]) else LANGUAGE
+    if "@" in model_id or timm.is_model(name.split(".")[0]):
+        return VISION
+    if model_id.endswith(".gguf"):
+        return LANGUAGE
+    return VISION if is_hub_vision(model_id) else LANGUAGE
 
 
 def _registered() -> list[ModelSpec]:
@@ -391,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_modelset_arg(models)
     models.add_argument("--models", default=None,
                         help="comma list of model ids instead of a set: Hub id, local folder, .gguf "
-                             "file, timm name, or 'timm_arch@/path/checkpoint'")
+                             "file, timm name, or 'timm_arch@/path/checkpoint'; Hub vision ids "
+                             "(dinov2, clip, siglip, ...) load through transformers")
     models.add_argument("--modality", default="all", choices=["language", "vision", "all"])
     models.add_argument("--pool", default="avg", choices=["avg", "last", "cls"],
                         help="language pooling (avg or last); vision always uses cls (ViT CLS / CNN pooled)")

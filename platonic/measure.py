@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from platonic import cli, metrics
 from platonic.alignment import LayerKernels, best_of_grid, load_kernels, score_grid
+from platonic.calibration import Calibration, calibrate, check_counts
 from platonic.data import dataset_label
 from platonic.devices import pick_device
 from platonic.errors import PlatonicError
@@ -33,7 +34,7 @@ from platonic.results import (
     load_result,
     save_result,
 )
-from platonic.storage import Level, level_dir
+from platonic.storage import Level, level_dir, sha256_of
 
 
 @dataclass
@@ -58,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_align_dir(p, "--output_dir")
     p.add_argument("--precise", action="store_true",
                    help="outlier threshold from one global quantile (else the mean of per-sample ones)")
+    p.add_argument("--null", type=int, default=0, metavar="N",
+                   help="also the score's null distribution from N random pairings of the "
+                        "samples (each through the same best-over-layer-pairs search): null "
+                        "mean, 95th percentile, p-value, calibrated score; 0: off")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="B",
+                   help="with --null: bootstrap replicates (over samples) of the score's 95%% CI "
+                        "at the chosen layers")
+    p.add_argument("--null_seed", type=int, default=0, help="seed of the permutations and bootstrap")
     p.add_argument("--force_remake", action="store_true")
     cli.add_device_arg(p)
     return p
@@ -78,9 +87,18 @@ def feature_files(args: argparse.Namespace, side: Side, in_dir: Path) -> list[Pa
 
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:
     """Everything besides the inputs that changes a score."""
-    return {"metric": args.metric, "topk": args.topk, "normalize": True,
-            "outlier_quantile": 0.95, "outlier_entries": "real (padding excluded)",
-            "precise": args.precise, "order": "metric(y, x)"}
+    settings = {"metric": args.metric, "topk": args.topk, "normalize": True,
+                "outlier_quantile": 0.95, "outlier_entries": "real (padding excluded)",
+                "precise": args.precise, "order": "metric(y, x)"}
+    if args.null:
+        settings["null"] = {"permutations": args.null, "bootstrap": args.bootstrap,
+                            "seed": args.null_seed, "permuted": "x"}
+    return settings
+
+
+def pair_seed(seed: int, fingerprint_x: str, fingerprint_y: str) -> int:
+    """The permutations of one model pair: fixed by the seed and the two feature files only."""
+    return int(sha256_of(seed, fingerprint_x, fingerprint_y)[:15], 16)
 
 
 def previous_result(path: Path, settings: dict[str, Any], force: bool) -> AlignmentResult | None:
@@ -101,7 +119,8 @@ def reusable_pairs(old: AlignmentResult | None) -> dict[tuple[str, str], Any]:
     if old is None:
         return {}
     fps_x, fps_y = old.meta["fingerprints_x"], old.meta["fingerprints_y"]
-    return {(fps_x[i], fps_y[j]): (old.scores[i, j], old.indices[i][j], old.grids.get((i, j)))
+    return {(fps_x[i], fps_y[j]): (old.scores[i, j], old.indices[i][j], old.grids.get((i, j)),
+                                   old.calibration.get((i, j)))
             for i in range(len(fps_x)) for j in range(len(fps_y))}
 
 
@@ -147,11 +166,14 @@ def measure_level(args: argparse.Namespace, x: Side, y: Side, level: Level,
     scores = np.full((len(paths_x), len(paths_y)), np.nan)
     indices: list[list[Any]] = [[None] * len(paths_y) for _ in paths_x]
     grids: dict[tuple[int, int], np.ndarray] = {}
+    calibration: dict[tuple[int, int], Calibration] = {}
     for i, j in ((i, j) for i in range(len(paths_x)) for j in range(len(paths_y))):
         if (i, j) not in todo:
-            scores[i, j], indices[i][j], grid = reuse[(fps_x[i], fps_y[j])]
+            scores[i, j], indices[i][j], grid, cal = reuse[(fps_x[i], fps_y[j])]
             if grid is not None:
                 grids[(i, j)] = grid
+            if cal is not None:
+                calibration[(i, j)] = cal
     by_x: dict[int, list[int]] = {}
     for i, j in todo:
         by_x.setdefault(i, []).append(j)
@@ -168,6 +190,10 @@ def measure_level(args: argparse.Namespace, x: Side, y: Side, level: Level,
                 score, best = best_of_grid(grid_yx)
                 scores[i, j], indices[i][j] = score, None if best is None else (best[1], best[0])
                 grids[(i, j)] = grid_yx.T
+                if args.null:
+                    calibration[(i, j)] = calibrate(
+                        kernels_y[j], kx, args.metric, args.topk, args.null, args.bootstrap,
+                        pair_seed(args.null_seed, fps_x[i], fps_y[j]), grid=grid_yx)
                 bar.update()
     meta = {
         "dataset": args.dataset, "subset": args.subset, "modelset": args.modelset, "level": level,
@@ -178,7 +204,7 @@ def measure_level(args: argparse.Namespace, x: Side, y: Side, level: Level,
         "fingerprints_x": fps_x, "fingerprints_y": fps_y,
     }
     save_result(out, AlignmentResult(args.metric, args.topk, x.models, y.models, scores, indices,
-                                     meta, grids))
+                                     meta, grids, calibration))
     print(f"wrote {out}")
     return out
 
@@ -186,6 +212,8 @@ def measure_level(args: argparse.Namespace, x: Side, y: Side, level: Level,
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.dataset, args.subset = dataset_label(args.dataset, args.subset)
+    if args.null:
+        check_counts(args.null, args.bootstrap)
     x, y = side_from_args(args, "x"), side_from_args(args, "y")
     device = pick_device(args.device)
     for level in parse_levels(args.levels) if args.levels else [None]:

@@ -13,7 +13,11 @@ of objects `{"id": ..., "modality": "language"|"vision", "family": ..., "size": 
 `source` (a function returning the local file or folder), `encoder` (no language-model head),
 `timm_name` (the timm architecture), `by_position` (load a foreign state dict into timm's
 architecture tensor by tensor, in order), `random_init_seed` (no weights: seeded random init),
-`revision` (the version of the weights, part of the feature fingerprint).
+`revision` (the version of the weights, part of the feature fingerprint), `loader` (vision:
+`timm` or `transformers`; without it, decided from the id by `platonic.hub_vision.vision_loader`).
+
+Set `hub_vision`: DINOv2, CLIP and SigLIP vision towers from the Hub through transformers (needs
+network or a filled Hub cache; vision only, pair it with a language set's models by `--models`).
 """
 
 from __future__ import annotations
@@ -196,10 +200,18 @@ DEMO = [
         timm_name="vit_tiny_patch16_224", random_init_seed=0),
 ]
 
+HUB_VISION = [  # through transformers, with each model's own image processor (platonic.hub_vision)
+    _vm("facebook/dinov2-small", "DINOv2 (transformers)", "small", 2, loader="transformers"),
+    _vm("facebook/dinov2-base", "DINOv2 (transformers)", "base", 3, loader="transformers"),
+    _vm("openai/clip-vit-base-patch32", "CLIP (OpenAI)", "base", 3, loader="transformers"),
+    _vm("google/siglip-base-patch16-224", "SigLIP", "base", 3, loader="transformers"),
+]
+
 MODEL_SETS: dict[str, list[ModelSpec]] = {
     "val": PAPER_LANGUAGE_VAL + PAPER_VISION,
     "test": PAPER_LANGUAGE_TEST + PAPER_VISION,
     "demo": DEMO,
+    "hub_vision": HUB_VISION,
 }
 
 CUSTOM_MODELS_ENV = "PLATONIC_CUSTOM_MODELS"

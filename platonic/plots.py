@@ -7,6 +7,8 @@ Per vision family: alignment vs language performance (one panel per chosen level
 and OLS line per vision-model size), and alignment vs uniqueness level (one line per size).
 Per level: a heatmap of the language x vision alignment matrix, one colour scale for all levels.
 The statistics in the titles come from `platonic.statistics.summarise`, so they match the summary.
+Results measured with `--null` add a grey band for chance: from the null mean to its 95th
+percentile, averaged over the pairs shown.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ FORMATS = ("png", "pdf")
 DPI = 300
 MAX_ANNOTATED_CELLS = 400
 PERFORMANCE_LABEL = "language performance (-bits per byte)"
+CHANCE_LABEL = "chance (null mean to 95th pct.)"
 
 
 @dataclass
@@ -134,7 +137,11 @@ def plot_performance(study: Study, summary: StudySummary, family: str,
     fig = Figure(figsize=(3.2 * len(levels) + 1.6, 3.4), layout="constrained")
     axes = fig.subplots(1, len(levels), sharey=ylim is not None, squeeze=False)[0]
     for ax, level in zip(axes, levels, strict=True):
-        _performance_panel(ax, frame[frame["level"] == level], colours, size_labels(study))
+        rows = frame[frame["level"] == level]
+        if rows["null_mean"].notna().any():
+            ax.axhspan(rows["null_mean"].mean(), rows["null_p95"].mean(), color="0.6", alpha=0.3,
+                       linewidth=0, label=CHANCE_LABEL)
+        _performance_panel(ax, rows, colours, size_labels(study))
         ax.set_title(f"U = {level}%: slope "
                      f"{fmt(mean_family_slope(summary.slopes, family, [level]))}", fontsize=9)
         ax.set_xlabel(PERFORMANCE_LABEL, fontsize=8)
@@ -173,6 +180,10 @@ def plot_uniqueness(study: Study, summary: StudySummary, family: str,
     row = summary.families.set_index("family").loc[family]
     fig = Figure(figsize=(5.2, 3.6), layout="constrained")
     ax = fig.subplots()
+    band = chance_band(study, members)
+    if band is not None:
+        ax.fill_between(study.levels, band[0], band[1], color="0.6", alpha=0.3, linewidth=0,
+                        label=CHANCE_LABEL)
     for vm, colour in zip(members, size_colours(len(members)), strict=True):
         ax.plot(study.levels, per_vision.loc[vm].to_numpy(), marker="o", markersize=4,
                 color=colour, label=labels[vm])
@@ -185,6 +196,16 @@ def plot_uniqueness(study: Study, summary: StudySummary, family: str,
     ax.grid(alpha=0.3)
     ax.legend(title="vision size", fontsize=8)
     return fig
+
+
+def chance_band(study: Study, vision_models: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per level, the null mean and 95th percentile averaged over these vision models' pairs;
+    None unless every level has a null."""
+    rows = study.frame[study.frame["vision_model"].isin(vision_models)]
+    by_level = rows.groupby("level")[["null_mean", "null_p95"]].mean().reindex(study.levels)
+    if by_level.isna().any().any():
+        return None
+    return by_level["null_mean"].to_numpy(), by_level["null_p95"].to_numpy()
 
 
 def plot_heatmap(study: Study, level: int, vrange: tuple[float, float]) -> Figure:

@@ -14,6 +14,9 @@ Per (level, model set, modality pair, metric) three files share one stem:
 The JSON is written last and is the result's manifest: a reader checks the CSV's and the grids'
 hashes against it, so a run killed between the renames (new grids beside an old JSON) is
 detected as an incomplete result, never read as a mix of two runs.
+
+With `--null N` the JSON also holds `calibration` [n_x][n_y] (null mean, 95th percentile,
+p-value, calibrated score, bootstrap CI; see `platonic.calibration`) and the CSV its columns.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from platonic.calibration import Calibration
 from platonic.errors import PlatonicError
 from platonic.storage import (
     atomic_path,
@@ -42,6 +46,7 @@ FORMAT_VERSION = 2
 INDICES_LAYOUT = ("(x layer, y layer); -1 = all layers concatenated; null = undefined score "
                   "(no positive finite value in the layer grid)")
 CSV_COLUMNS = ["level", "model_x", "model_y", "metric", "topk", "score", "layer_x", "layer_y"]
+CALIBRATION_COLUMNS = ["null_mean", "null_p95", "p_value", "calibrated", "ci_low", "ci_high"]
 
 
 def alignment_path(root: str | os.PathLike, dataset: str, subset: str | None, modelset: str,
@@ -83,6 +88,7 @@ class AlignmentResult:
     indices: list[list[tuple[int, int] | None]]
     meta: dict[str, Any] = field(default_factory=dict)
     grids: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
+    calibration: dict[tuple[int, int], Calibration] = field(default_factory=dict)
 
     @property
     def level(self) -> int | None:
@@ -94,12 +100,17 @@ class AlignmentResult:
         for i, mx in enumerate(self.models_x):
             for j, my in enumerate(self.models_y):
                 idx = self.indices[i][j]
-                out.append({
+                row = {
                     "level": self.level, "model_x": mx, "model_y": my, "metric": self.metric,
                     "topk": self.topk, "score": json_score(self.scores[i, j]),
                     "layer_x": None if idx is None else idx[0],
                     "layer_y": None if idx is None else idx[1],
-                })
+                }
+                if self.calibration:
+                    cal = self.calibration.get((i, j))
+                    row.update({c: None if cal is None else getattr(cal, c)
+                                for c in CALIBRATION_COLUMNS})
+                out.append(row)
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -113,6 +124,11 @@ class AlignmentResult:
             "scores": [[json_score(v) for v in row] for row in self.scores],
             "indices": [[None if idx is None else list(idx) for idx in row] for row in self.indices],
             "indices_layout": INDICES_LAYOUT,
+            **({"calibration": [[None if (i, j) not in self.calibration
+                                 else self.calibration[(i, j)].to_json()
+                                 for j in range(len(self.models_y))]
+                                for i in range(len(self.models_x))]}
+               if self.calibration else {}),
         }
 
 
@@ -123,7 +139,8 @@ def save_result(path: str | os.PathLike, result: AlignmentResult) -> None:
     with atomic_path(grids_path(path)) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **{f"grid_{i}_{j}": g for (i, j), g in result.grids.items()})
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    columns = CSV_COLUMNS + (CALIBRATION_COLUMNS if result.calibration else [])
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(result.rows())
     write_text(csv_path(path), buf.getvalue())
@@ -152,7 +169,7 @@ def load_result(path: str | os.PathLike, with_grids: bool = False) -> AlignmentR
     check_complete(path, data)
     meta = {k: v for k, v in data.items()
             if k not in {"metric", "topk", "models_x", "models_y", "scores", "indices",
-                         "format_version", "indices_layout", "files_sha256"}}
+                         "format_version", "indices_layout", "files_sha256", "calibration"}}
     grids: dict[tuple[int, int], np.ndarray] = {}
     if with_grids:
         with np.load(grids_path(path), allow_pickle=False) as npz:
@@ -165,5 +182,8 @@ def load_result(path: str | os.PathLike, with_grids: bool = False) -> AlignmentR
         models_y=data["models_y"], scores=np.asarray(scores, dtype=np.float64).reshape(
             len(data["models_x"]), len(data["models_y"])),
         indices=[[None if idx is None else (idx[0], idx[1]) for idx in row] for row in data["indices"]],
-        meta=meta, grids=grids,
+        meta=meta, grids=grids, calibration={
+            (i, j): Calibration.from_json(cal)
+            for i, row in enumerate(data.get("calibration") or []) for j, cal in enumerate(row)
+            if cal is not None},
     )

@@ -15,6 +15,9 @@ Statistics, and why they are computed this way:
   a family's rho is the mean over sizes;
 - across-level statistics use only the model pairs present at every level, so that a model added
   at some levels cannot fake a trend;
+- slope vs uniqueness: Spearman rho of each vision model's slope against the level;
+- chance (results measured with `--null`): per level, the means over model pairs of the null
+  mean, its 95th percentile and the calibrated score, and the number of pairs with p < 0.05;
 - an undefined statistic (fewer than 3 levels, fewer than 2 language models with performance, a
   constant axis) is NaN, shown as "undefined".
 """
@@ -22,7 +25,7 @@ Statistics, and why they are computed this way:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -35,6 +38,7 @@ DEFAULT_PANEL_LEVELS: tuple[int, ...] = (10, 30, 50, 70, 90)
 N_BOOTSTRAP = 2000
 BOOTSTRAP_SEED = 0
 MIN_LEVELS_FOR_RHO = 3
+SIGNIFICANCE = 0.05
 
 
 @dataclass
@@ -49,6 +53,8 @@ class StudySummary:
     overall_ci: tuple[float, float]
     panel_levels: list[int]
     notes: list[str]
+    slope_trends: pd.DataFrame = field(default_factory=pd.DataFrame)
+    chance: pd.DataFrame | None = None
 
 
 def ols_slope(x: np.ndarray, y: np.ndarray) -> float:
@@ -168,6 +174,36 @@ def performance_slopes(study: Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def slope_trends(slopes: pd.DataFrame, levels: list[int]) -> pd.DataFrame:
+    """Spearman rho of each vision model's performance slope against the level (how the link
+    between language performance and alignment changes as captions become unique)."""
+    rows = []
+    for vm, group in slopes.groupby("vision_model", sort=False):
+        by_level = group.set_index("level")["slope"].reindex(levels)
+        rows.append({"vision_model": vm, "vision_family": group["vision_family"].iloc[0],
+                     "vision_size": group["vision_size"].iloc[0],
+                     "rho": spearman_rho(np.asarray(levels, dtype=float), by_level.to_numpy())})
+    return pd.DataFrame(rows, columns=["vision_model", "vision_family", "vision_size", "rho"])
+
+
+def chance_by_level(study: Study) -> pd.DataFrame | None:
+    """Results measured with `--null`: per level, over the model pairs with a null, the mean
+    score, null mean, null 95th percentile and calibrated score, and the pairs with p <
+    SIGNIFICANCE; None when no result holds a null."""
+    if "null_mean" not in study.frame:
+        return None
+    rows = study.frame.dropna(subset=["null_mean"])
+    if rows.empty:
+        return None
+    grouped = rows.groupby("level", sort=True)
+    return pd.DataFrame({
+        "mean_score": grouped["score"].mean(), "null_mean": grouped["null_mean"].mean(),
+        "null_p95": grouped["null_p95"].mean(), "calibrated": grouped["calibrated"].mean(),
+        "significant": grouped["p_value"].apply(lambda p: int((p < SIGNIFICANCE).sum())),
+        "n_pairs": grouped.size(),
+    }).reset_index()
+
+
 def mean_family_slope(slopes: pd.DataFrame, family: str, levels: list[int]) -> float:
     chosen = slopes[(slopes["vision_family"] == family) & slopes["level"].isin(levels)]
     return _nanmean(list(chosen["slope"]))
@@ -214,5 +250,6 @@ def summarise(study: Study, panel_levels: list[int] | None = None) -> StudySumma
         level_means=means, families=families, slopes=slopes, pairs=pair_trends(study),
         overall_rho=mean_rho(levels, overall),
         overall_ci=bootstrap_mean_rho(levels, overall), panel_levels=panels,
-        notes=list(study.notes),
+        notes=list(study.notes), slope_trends=slope_trends(slopes, study.levels),
+        chance=chance_by_level(study),
     )

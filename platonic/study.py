@@ -22,7 +22,7 @@ from platonic.errors import PlatonicError
 from platonic.features import load_features, resolve_feature_file
 from platonic.levels import ALL_LEVELS, check_levels
 from platonic.models import LANGUAGE, VISION, get_model
-from platonic.results import AlignmentResult, alignment_path, load_result
+from platonic.results import CALIBRATION_COLUMNS, AlignmentResult, alignment_path, load_result
 from platonic.storage import level_dir, write_text
 
 DEFAULT_LEVELS: tuple[int, ...] = ALL_LEVELS
@@ -30,7 +30,7 @@ BPB = "bpb"
 
 TIDY_COLUMNS = [
     "level", "language_model", "vision_model", "vision_family", "vision_size", "metric", "topk",
-    "score", "layer_language", "layer_vision", "bits_per_byte",
+    "score", "layer_language", "layer_vision", "bits_per_byte", *CALIBRATION_COLUMNS,
 ]
 
 
@@ -141,7 +141,9 @@ def _result_rows(spec: StudySpec, result: AlignmentResult, level: int) -> list[d
                 idx if spec.language_is_x else idx[::-1])
             vision = get_model(vm, VISION)
             family = family_index.setdefault(vision.family, len(family_index))
+            cal = result.calibration.get((i, j))
             rows.append({
+                **{c: math.nan if cal is None else getattr(cal, c) for c in CALIBRATION_COLUMNS},
                 "level": level, "language_model": lm, "vision_model": vm,
                 "vision_family": vision.family, "vision_size": vision.size,
                 "metric": result.metric, "topk": result.topk, "score": float(result.scores[i, j]),
@@ -235,5 +237,7 @@ def write_tidy_csv(study: Study, path: str | os.PathLike) -> Path:
     """One row per (level, language model, vision model): score, best layers, bits per byte."""
     frame = study.frame.sort_values(["level", "language_order", "vision_order"])[TIDY_COLUMNS]
     frame = frame.astype({"layer_language": "Int64", "layer_vision": "Int64"})
+    if frame["null_mean"].isna().all():
+        frame = frame.drop(columns=CALIBRATION_COLUMNS)
     write_text(path, frame.to_csv(index=False, lineterminator="\n"))
     return Path(path)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from platonic.statistics import StudySummary
+from platonic.statistics import SIGNIFICANCE, StudySummary
 from platonic.storage import write_text
 from platonic.study import Study, join_values
 
@@ -65,6 +65,8 @@ def render_summary(study: Study, summary: StudySummary,
         markdown_table(["family", "sizes", "mean rho", "95% CI", "mean slope"],
                        [[r.family, str(r.n_sizes), fmt(r.mean_rho), format_ci(r.ci_low, r.ci_high),
                          fmt(r.mean_slope)] for r in summary.families.itertuples()]),
+        *_slope_sections(study, summary),
+        *_chance_sections(summary),
         "## Per language model / vision model pair",
         markdown_table(["language model", "vision model", "rho across levels"],
                        [[r.language_model, r.vision_model, fmt(r.rho)]
@@ -75,6 +77,50 @@ def render_summary(study: Study, summary: StudySummary,
     if outputs:
         parts += ["## Files", "\n".join(f"- {path}" for path in outputs)]
     return "\n\n".join(parts) + "\n"
+
+
+def _slope_sections(study: Study, summary: StudySummary) -> list[str]:
+    """Slope of alignment on language performance at every level, and its trend with level."""
+    wide = summary.slopes.pivot_table(index="level", columns="vision_model", values="slope",
+                                      aggfunc="mean", dropna=False)
+    visions = [vm for vm in study.vision_models() if vm in wide.columns]
+    if wide.empty or not visions or wide[visions].isna().all().all():
+        return []
+    labels = [_vision_label(study, vm) for vm in visions]
+    trends = summary.slope_trends.set_index("vision_model")["rho"]
+    return [
+        "## Slope per level",
+        "OLS slope of alignment on language performance (-bits per byte) across the language "
+        "models with a performance, per vision model and level; last row: Spearman rho of the "
+        "slope against the level (negative: performance matters less as captions become unique).",
+        markdown_table(["level", *labels],
+                       [[str(level), *(fmt(wide.loc[level, vm]) for vm in visions)]
+                        for level in wide.index]
+                       + [["rho vs level", *(fmt(trends.get(vm, math.nan)) for vm in visions)]]),
+    ]
+
+
+def _vision_label(study: Study, model: str) -> str:
+    row = study.frame[study.frame["vision_model"] == model].iloc[0]
+    return f"{row['vision_family']} {row['vision_size']}".strip()
+
+
+def _chance_sections(summary: StudySummary) -> list[str]:
+    chance = summary.chance
+    if chance is None:
+        return []
+    return [
+        "## Alignment against chance",
+        "From `--null`: each pair's score against its permutation null (random pairings of the "
+        "samples through the same best-over-layer-pairs search). Means over model pairs; "
+        "calibrated = (score - null mean) / (1 - null mean); significant: pairs with "
+        f"permutation p < {SIGNIFICANCE}.",
+        markdown_table(["level", "mean score", "null mean", "null 95th pct", "calibrated",
+                        "significant"],
+                       [[str(r.level), fmt(r.mean_score, 4), fmt(r.null_mean, 4),
+                         fmt(r.null_p95, 4), fmt(r.calibrated, 4),
+                         f"{r.significant} / {r.n_pairs}"] for r in chance.itertuples()]),
+    ]
 
 
 def write_summary(study: Study, summary: StudySummary, path: str | os.PathLike,

@@ -1,4 +1,5 @@
-"""Vision models through timm: loading (Hub name, local checkpoint, demo packages) and per-layer features.
+"""Vision models: loading (timm name, local checkpoint, demo packages; Hub ids through
+`platonic.hub_vision`) and per-layer features.
 
 ViTs give the CLS token after every block (the residual stream before the final norm), via
 `forward_intermediates(..., return_prefix_tokens=True)`: without that flag timm drops the prefix
@@ -20,6 +21,13 @@ from tqdm.auto import tqdm
 from platonic import identity
 from platonic.devices import is_out_of_memory
 from platonic.errors import PlatonicError, first_line
+from platonic.hub_vision import (
+    TRANSFORMERS,
+    hub_layers,
+    load_hub_model,
+    pixel_transform,
+    vision_loader,
+)
 from platonic.models import ModelSpec
 
 
@@ -29,6 +37,7 @@ class VisionModel:
     transform: object
     num_params: int
     is_transformer: bool
+    hub_pool: str | None = None  # set for transformers models: "cls" or "mean" per block
 
 
 @dataclass
@@ -137,13 +146,18 @@ def _timm_hub_id(name: str) -> str:
 
 
 def load_vision_model(spec: ModelSpec, device: str = "cpu", dtype: torch.dtype = torch.float32) -> VisionModel:
-    """A timm model in eval mode with its own eval transform.
+    """A model in eval mode with its own eval transform (timm's, or the image processor).
 
     Ids: a timm name with pretrained tag (from the Hub), `arch@/path/checkpoint` (local weights),
-    or a registry entry whose options say where its weights are.
+    a registry entry whose options say where its weights are, or a transformers Hub id / folder
+    (see `platonic.hub_vision.vision_loader`).
     """
     import timm.data
 
+    if vision_loader(spec) == TRANSFORMERS:
+        model, processor, pool = load_hub_model(spec, device, dtype)
+        num_params = sum(p.numel() for p in model.parameters())
+        return VisionModel(model, pixel_transform(processor), num_params, True, hub_pool=pool)
     try:
         model = _create(spec)
     except PlatonicError:
@@ -177,7 +191,12 @@ def _cnn_layers(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
 def layer_features(vm: VisionModel, x: torch.Tensor) -> list[torch.Tensor]:
     """Per-layer [B, D_l] features of a batch of transformed images."""
     with torch.inference_mode():
-        layers = _transformer_layers(vm.model, x) if vm.is_transformer else _cnn_layers(vm.model, x)
+        if vm.hub_pool is not None:
+            layers = hub_layers(vm.model, x, vm.hub_pool)
+        elif vm.is_transformer:
+            layers = _transformer_layers(vm.model, x)
+        else:
+            layers = _cnn_layers(vm.model, x)
     return [layer.float().cpu() for layer in layers]
 
 

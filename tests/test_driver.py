@@ -45,7 +45,7 @@ def driver_env(tmp_path_factory, tiny_llama_dir) -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "PLATONIC_CUSTOM_MODELS": str(models),
             "MODELSET": "custom", "DATASET": "embedded", "NUM_SAMPLES": "48",
             "LEVELS": ",".join(map(str, LEVELS)), "TOPK": str(TOPK), "DEVICE": "cpu",
-            "BATCH_SIZE": "16"}
+            "BATCH_SIZE": "16", "NULL": "30"}
 
 
 def _start(base: Path, env: dict[str, str]) -> subprocess.Popen:
@@ -100,6 +100,7 @@ def test_full_run_writes_every_output(full_run, tiny_llama_dir):
         json_path = _alignment_json(base, level)
         result = load_result(json_path, with_grids=True)
         assert result.scores.shape == (2, 1) and len(result.grids) == 2
+        assert [result.calibration[(i, 0)].n_null for i in range(2)] == [30, 30]
         assert csv_path(json_path).exists() and grids_path(json_path).exists()
     plots = _plot_folder(base)
     stems = [f"heatmap_u={level}" for level in LEVELS] + [
@@ -125,7 +126,7 @@ def test_full_run_writes_every_output(full_run, tiny_llama_dir):
             assert (row["layer_language"], row["layer_vision"]) == (layer_x, layer_y)
         mean = float(np.mean(result.scores[:, 0]))
         assert f"| {level} | {mean:.4f} | 2 |" in summary
-    assert "Overall Spearman rho" in summary
+    assert "Overall Spearman rho" in summary and "## Alignment against chance" in summary
     assert f"plots and tables: {plots}" in proc.stdout
     assert "Overall Spearman rho" in proc.stdout and "## Mean alignment per level" in proc.stdout
     assert not _leftovers(base)

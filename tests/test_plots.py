@@ -297,3 +297,61 @@ def test_cli_writes_and_prints_where(study_dirs, tmp_path, capsys, monkeypatch):
         "language_pool-avg_prompt-False_vision_pool-cls_prompt-False") / "mutual_knn_k2"
     assert str(folder / "summary.md") in printed
     assert (folder / "alignment_vs_performance_dinov2.png").stat().st_size > 0
+
+
+def _calibrated_study(root):
+    """write_study's results with a hand-made null for every pair (from the score, by formula)."""
+    from platonic.calibration import Calibration
+    from platonic.results import load_result
+
+    align, feats = write_study(root)
+    for level in LEVELS:
+        path = SPEC.alignment_file(level_dir(align, level))
+        result = load_result(path, with_grids=True)
+        for i in range(len(LANGUAGE)):
+            for j in range(len(VISION)):
+                score = float(result.scores[i, j])
+                mean, p95 = 0.1 + 0.01 * j, 0.15 + 0.01 * j
+                result.calibration[(i, j)] = Calibration(
+                    score, mean, p95, 0.01 if (i + j) % 2 else 0.2, (score - mean) / (1 - mean),
+                    100, score - 0.01, score + 0.01, 10, "test")
+        save_result(path, result)
+    return align, feats
+
+
+def test_chance_band_and_summary_sections(tmp_path):
+    from matplotlib.collections import PolyCollection
+
+    from platonic.plots import plot_uniqueness
+
+    align, feats = _calibrated_study(tmp_path)
+    out = plot_study(SPEC, align, feats, tmp_path / "plots", levels=LEVELS, **PNG_ONLY)
+    text = out.summary_path.read_text()
+    # chance table: plain means over the 12 pairs of each level
+    for level in LEVELS:
+        scores = make_scores(level)
+        null_mean = np.mean([0.1 + 0.01 * j for _ in LANGUAGE for j in range(len(VISION))])
+        calibrated = np.mean([(scores[i, j] - (0.1 + 0.01 * j)) / (0.9 - 0.01 * j)
+                              for i in range(len(LANGUAGE)) for j in range(len(VISION))])
+        assert (f"| {level} | {scores.mean():.4f} | {null_mean:.4f} | {null_mean + 0.05:.4f} | "
+                f"{calibrated:.4f} | 6 / 12 |") in text
+    # slope per level: OLS of score on -bpb over the two causal LMs, for the first DINOv2 size
+    section = text.split("## Slope per level")[1].split("##")[0]
+    for level in LEVELS:
+        perf = [-float(make_bpb(level, li, False).mean()) for li in (0, 1)]
+        slope = stats.linregress(perf, make_scores(level)[:2, 0]).slope
+        assert f"| {level} | {slope:.3f} |" in section
+    assert "rho vs level" in section
+    table = pd.read_csv(out.csv)
+    assert {"null_mean", "p_value", "calibrated"} <= set(table.columns)
+    study = load_study(SPEC, align, feats, LEVELS)
+    fig = plot_uniqueness(study, summarise(study), "DINOv2")
+    band = [c for c in fig.axes[0].collections if isinstance(c, PolyCollection)]
+    assert len(band) == 1  # null mean 0.10..0.12 -> band from the mean over the 3 sizes
+    ys = band[0].get_paths()[0].vertices[:, 1]
+    assert np.isclose(ys.min(), 0.11) and np.isclose(ys.max(), 0.16)
+
+
+def test_no_null_no_chance_section(outputs):
+    text = outputs.summary_path.read_text()
+    assert "against chance" not in text and "null_mean" not in pd.read_csv(outputs.csv).columns
