@@ -25,11 +25,11 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import to_absolute_path
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 from platonic.alignment import best_of_grid, load_kernels, score_grid
@@ -83,12 +83,14 @@ def check_settings(cfg: DictConfig) -> RunSettings:
 
 
 def config_fingerprints(cfg: DictConfig) -> tuple[str, str]:
-    """(of the whole resolved config, of everything but clip_weight): the first decides whether a
-    finished run is reused, the second whether runs belong to one sweep."""
+    """(of the resolved config, of the same without clip_weight), both without the output root
+    (a moved results folder is still reused): the first decides whether a finished run is
+    reused, the second whether runs belong to one sweep."""
     plain = OmegaConf.to_container(cfg, resolve=True)
-    without_weight = OmegaConf.to_container(cfg, resolve=True)
-    del without_weight["model"]["model"]["clip_weight"]
-    return sha256_of(plain), sha256_of(without_weight)
+    del plain["trainer"]["default_root_dir"]
+    whole = sha256_of(plain)
+    del plain["model"]["model"]["clip_weight"]
+    return whole, sha256_of(plain)
 
 
 def reusable(run_dir: Path, fingerprint: str) -> dict[str, Any] | None:

@@ -2,29 +2,35 @@
 
 The upstream launcher (1.2.2) submits every job at once and its `RayConf` holds only `init` and
 `remote`, so `+hydra.launcher.ray.max_concurrent_tasks=8` was accepted and ignored. This one
-keeps the upstream pieces (its `start_ray`, its remote job runner `launch_job_on_ray`, the same
+subclasses it, keeps its pieces (`start_ray`, the remote job runner `launch_job_on_ray`, the same
 per-job sweep configs) and differs in three ways:
-- `ray.max_concurrent_tasks` (unset: all at once, as upstream) caps the jobs in flight: a new
-  job is submitted only when `ray.wait` returns a finished one;
+- `ray.max_concurrent_tasks` (null: all at once, as upstream) caps the jobs in flight: a new job
+  is submitted only when `ray.wait` returns a finished one;
 - a failed job (an exception in the task, or a Ray worker that died) is reported with its
   overrides and the first line of its error, after all the other jobs have finished;
-- if any job failed, the multirun's end callbacks still run (so the summary of the finished
-  runs is written) and the sweep exits with status 1.
-`configs/hydra/launcher/ray.yaml` selects it for `hydra/launcher=ray` (the primary config
-directory comes before the plugin's ConfigStore entry in Hydra's search path).
-"""
+- if any job failed, the multirun's end callbacks still run (so the summary of the finished runs
+  is written) and the sweep exits with status 1.
 
-from __future__ import annotations
+Its config replaces upstream's ConfigStore entry `hydra/launcher/ray`, so `hydra/launcher=ray`
+selects it; `max_concurrent_tasks` is null there, so both `+hydra.launcher.ray.max_concurrent_tasks=N`
+(the original README's form) and the plain override work. Hydra only instantiates plugins that
+live in the `hydra_plugins` namespace package, hence this module's place. Ray itself is imported
+only when jobs are launched (Hydra imports every plugin module at start-up). No `from __future__
+import annotations`: Hydra's scanner runs this module before registering it in sys.modules, and
+dataclasses cannot resolve string annotations then.
+"""
 
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
-from hydra_plugins.hydra_ray_launcher._launcher_util import launch_job_on_ray, start_ray
+from hydra_plugins.hydra_ray_launcher import _config as upstream_config
 from hydra_plugins.hydra_ray_launcher.ray_launcher import RayLauncher
 from omegaconf import open_dict
 
@@ -33,6 +39,25 @@ from platonic.errors import PlatonicError, first_line
 log = logging.getLogger(__name__)
 
 OBJECT_STORE_BYTES = 78643200  # upstream's default, small enough for CI machines
+
+
+@dataclass
+class BoundedRayConf(upstream_config.RayConf):
+    init: dict[str, Any] = field(default_factory=lambda: {"address": None,
+                                                          "include_dashboard": False})
+    max_concurrent_tasks: int | None = None
+
+
+@dataclass
+class BoundedRayLauncherConf:
+    _target_: str = "hydra_plugins.platonic_ray_launcher.bounded_ray_launcher.BoundedRayLauncher"
+    ray: BoundedRayConf = field(default_factory=BoundedRayConf)
+
+
+# Upstream's `_config` is imported above, so its entry exists already and this one replaces it,
+# whichever order Hydra scans the plugin modules in.
+ConfigStore.instance().store(group="hydra/launcher", name="ray", node=BoundedRayLauncherConf,
+                             provider="platonic")
 
 
 def concurrency_limit(value: Any, num_jobs: int) -> int:
@@ -63,6 +88,12 @@ class BoundedRayLauncher(RayLauncher):
         log.info("Ray launcher: %d jobs, at most %d at a time, sweep output dir: %s",
                  len(job_overrides), limit, sweep_dir)
         self.ray_cfg.init.setdefault("object_store_memory", OBJECT_STORE_BYTES)
+        if self.ray_cfg.init.get("address") is None:
+            # A local Ray runs its workers at nice 15; the jobs are the work here, so they get
+            # normal priority (a cluster's own settings are left alone).
+            self.ray_cfg.init.setdefault("_system_config", {"worker_niceness": 0})
+        from hydra_plugins.hydra_ray_launcher._launcher_util import start_ray
+
         start_ray(self.ray_cfg.init)
         results = self._run_bounded(list(job_overrides), initial_job_idx, limit)
         failed = [r for r in results if r.status != JobStatus.COMPLETED]
@@ -71,6 +102,8 @@ class BoundedRayLauncher(RayLauncher):
         return results
 
     def _submit(self, idx: int, overrides: Sequence[str]) -> Any:
+        from hydra_plugins.hydra_ray_launcher._launcher_util import launch_job_on_ray
+
         log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
         sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
         with open_dict(sweep_config):
