@@ -119,6 +119,16 @@ def test_zero_weight_loss_is_supervised_alone_and_image_tower_gets_no_gradient(t
                for p in weighted.image_tower.parameters())
 
 
+def test_pos_weight_multiplies_the_positive_term():
+    from platonic.clip.loss import balanced_pos_weight, supervised_loss
+
+    logits, labels = torch.tensor([0.3, -1.2, 2.0, 0.1]), torch.tensor([1.0, 0.0, 1.0, 0.0])
+    p = torch.sigmoid(logits)
+    by_hand = -(3.0 * labels * torch.log(p) + (1 - labels) * torch.log(1 - p)).mean()
+    assert float(supervised_loss(logits, labels, 3.0)) == pytest.approx(float(by_hand), rel=1e-6)
+    assert balanced_pos_weight([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]) == 2.0
+
+
 def test_combined_loss_needs_images_above_zero_weight():
     logits, labels = torch.zeros(2), torch.ones(2)
     with pytest.raises(ValueError):

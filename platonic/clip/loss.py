@@ -33,9 +33,19 @@ def contrastive_loss(text: torch.Tensor, image: torch.Tensor,
     return loss, accuracy
 
 
-def supervised_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy of the genre head's logits [B] against 0/1 labels [B]."""
-    return F.binary_cross_entropy_with_logits(logits, labels.float())
+def supervised_loss(logits: torch.Tensor, labels: torch.Tensor,
+                    pos_weight: float | None = None) -> torch.Tensor:
+    """Binary cross-entropy of the genre head's logits [B] against 0/1 labels [B]; `pos_weight`
+    multiplies the positive term (None: unweighted, as the original ran)."""
+    weight = None if pos_weight is None else torch.tensor(pos_weight, device=logits.device)
+    return F.binary_cross_entropy_with_logits(logits, labels.float(), pos_weight=weight)
+
+
+def balanced_pos_weight(labels: list[float]) -> float:
+    """negatives / positives of the training labels (the original's unused helper): a rare genre
+    otherwise trains a head that never predicts it."""
+    positives = sum(1 for y in labels if y > 0.5)
+    return (len(labels) - positives) / max(positives, 1)
 
 
 @dataclass
@@ -47,11 +57,11 @@ class LossParts:
 
 
 def combined_loss(clip_weight: float, head_logits: torch.Tensor, labels: torch.Tensor,
-                  text: torch.Tensor, image: torch.Tensor | None,
-                  logit_scale: torch.Tensor) -> LossParts:
+                  text: torch.Tensor, image: torch.Tensor | None, logit_scale: torch.Tensor,
+                  pos_weight: float | None = None) -> LossParts:
     """`clip_weight * contrastive + supervised`; at weight 0 the contrastive term is not formed
     at all (`image` may then be None), so the image tower gets no gradient."""
-    sup = supervised_loss(head_logits, labels)
+    sup = supervised_loss(head_logits, labels, pos_weight)
     if clip_weight == 0:
         return LossParts(sup, sup)
     if image is None:

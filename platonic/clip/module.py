@@ -68,7 +68,7 @@ def binary_f1(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
 
 class CLIPSup(L.LightningModule):
     def __init__(self, text_tower: TextTower, image_tower: ImageTower, clip_weight: float,
-                 optim: OptimSettings | None = None):
+                 optim: OptimSettings | None = None, pos_weight: float | None = None):
         super().__init__()
         if not clip_weight >= 0:
             raise PlatonicError(f"model.model.clip_weight must be >= 0, got {clip_weight}")
@@ -79,6 +79,7 @@ class CLIPSup(L.LightningModule):
         self.text_tower, self.image_tower = text_tower, image_tower
         self.clip_weight = float(clip_weight)
         self.optim = optim or OptimSettings()
+        self.pos_weight = pos_weight
         self.logit_scale = nn.Parameter(torch.tensor(INIT_LOGIT_SCALE))
         self.head = nn.Linear(text_tower.embed_dim, 1)
         self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
@@ -97,7 +98,8 @@ class CLIPSup(L.LightningModule):
         _, text = self.embed_text(texts)
         image = self.embed_images(images)[1] if with_images else None
         logits = self.head(text).squeeze(-1)
-        return combined_loss(self.clip_weight, logits, labels, text, image, self.logit_scale), \
+        return combined_loss(self.clip_weight, logits, labels, text, image, self.logit_scale,
+                             self.pos_weight), \
             logits, text, image
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:

@@ -31,9 +31,11 @@ from hydra.utils import to_absolute_path
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
 from platonic.alignment import best_of_grid, load_kernels, score_grid
 from platonic.clip.data import MMIMDbDataModule
+from platonic.clip.loss import balanced_pos_weight
 from platonic.clip.module import CLIPSup, OptimSettings
 from platonic.clip.summary import write_summary
 from platonic.clip.towers import build_image_tower, build_text_tower, check_unknown_towers
@@ -142,7 +144,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                             root=cfg.data.root, batch_size=cfg.data.batch_size,
                             num_workers=cfg.data.num_workers, align_samples=cfg.data.align_samples,
                             sample_seed=cfg.data.sample_seed)
-    module = CLIPSup(text, image, settings.clip_weight, OptimSettings(**cfg.optim))
+    data.setup("fit")
+    module = CLIPSup(text, image, settings.clip_weight, OptimSettings(**cfg.optim),
+                     pos_weight(cfg.loss.pos_weight, data.splits["train"].labels))
     checkpoint = ModelCheckpoint(monitor=MONITOR, mode="max", save_top_k=1,
                                  filename="best-{epoch}-{val_f1:.4f}")
     trainer = build_trainer(cfg, settings.run_dir, checkpoint)
@@ -162,6 +166,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "max_epochs": int(cfg.trainer.max_epochs),
         "best_epoch": _best_epoch(best),
         "selected_on": MONITOR,
+        "pos_weight": module.pos_weight,
         "dev": _stage_metrics(dev, "val"),
         "test": _stage_metrics(test, "test"),
         "alignment": measure_alignment(features, cfg.alignment.metric, cfg.alignment.topk),
@@ -178,6 +183,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     log.info("%s: dev F1 %.3f, test F1 %.3f, alignment %.3f", settings.run_dir,
              metrics["dev"]["f1"], metrics["test"]["f1"], metrics["alignment"]["score"])
     return metrics
+
+
+def pos_weight(setting: Any, train_labels: list[float]) -> float | None:
+    """`loss.pos_weight`: "balanced" (negatives / positives of train), a number, or null (none)."""
+    if setting is None:
+        return None
+    if setting == "balanced":
+        return balanced_pos_weight(train_labels)
+    if isinstance(setting, Real) and not isinstance(setting, bool) and setting > 0:
+        return float(setting)
+    raise PlatonicError(f"loss.pos_weight must be 'balanced', a number > 0 or null, got {setting!r}")
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, checkpoint: ModelCheckpoint) -> L.Trainer:
@@ -204,7 +220,7 @@ def tower_features(module: CLIPSup, data: MMIMDbDataModule) -> tuple[torch.Tenso
     module.eval()
     text_rows: list[list[torch.Tensor]] = [[], []]
     image_rows: list[list[torch.Tensor]] = [[], []]
-    for images, texts, _ in data.align_dataloader():
+    for images, texts, _ in tqdm(data.align_dataloader(), desc="tower features", unit="batch"):
         for rows, layers in ((text_rows, module.embed_text(texts)),
                              (image_rows, module.embed_images(images.to(module.device)))):
             for row, layer in zip(rows, layers, strict=True):
