@@ -79,8 +79,9 @@ def check_settings(cfg: DictConfig) -> RunSettings:
     if isinstance(weight, bool) or not isinstance(weight, Real) or not weight >= 0:
         raise PlatonicError(f"model.model.clip_weight must be a number >= 0, got {weight!r}")
     check_unknown_towers(cfg.model.model.text_tower, cfg.model.model.image_tower)
-    run_dir = (Path(to_absolute_path(str(cfg.trainer.default_root_dir))) / str(cfg.model.name) / f"class_{class_idx}"
-               / f"seed_{cfg.seed}" / f"clip-weight_{float(weight):g}")
+    root = Path(to_absolute_path(str(cfg.trainer.default_root_dir)))
+    run_dir = (root / str(cfg.model.name) / f"class_{class_idx}" / f"seed_{cfg.seed}"
+               / f"clip-weight_{float(weight):g}")
     return RunSettings(class_idx, float(weight), int(cfg.seed), str(cfg.model.name), run_dir)
 
 
@@ -154,7 +155,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     best = checkpoint.best_model_path
     dev = trainer.validate(module, datamodule=data, ckpt_path=best, verbose=False)[0]
     test = trainer.test(module, datamodule=data, ckpt_path=best, verbose=False)[0]
-    features = export_features(module, data, settings, best)
+    features = export_features(module.to(trainer.strategy.root_device), data, settings, best)
     metrics = {
         "clip_weight": settings.clip_weight,
         "class_idx": settings.class_idx,
