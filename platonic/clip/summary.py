@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 SUMMARY = "sweep"
 COLUMNS = ["clip_weight", "dev_f1", "dev_f1_macro", "test_f1", "test_f1_macro", "alignment",
-           "alignment_text_layer", "alignment_image_layer", "best_epoch", "max_epochs",
+           "alignment_chance", "alignment_text_layer", "alignment_image_layer", "best_epoch",
+           "max_epochs",
            "class_idx", "genre", "seed", "model", "checkpoint", "settings_sha256"]
 
 
@@ -36,7 +37,9 @@ def summary_row(metrics: dict[str, Any]) -> dict[str, Any]:
         "clip_weight": metrics["clip_weight"],
         "dev_f1": metrics["dev"]["f1"], "dev_f1_macro": metrics["dev"]["f1_macro"],
         "test_f1": metrics["test"]["f1"], "test_f1_macro": metrics["test"]["f1_macro"],
-        "alignment": alignment["score"], "alignment_text_layer": alignment["text_layer"],
+        "alignment": alignment["score"],
+        "alignment_chance": alignment["topk"] / (metrics["num_align"] - 1),
+        "alignment_text_layer": alignment["text_layer"],
         "alignment_image_layer": alignment["image_layer"],
         **{key: metrics[key] for key in ("best_epoch", "max_epochs", "class_idx", "genre", "seed",
                                           "model", "checkpoint", "settings_sha256")},
@@ -58,9 +61,13 @@ def plot_sweep(table: pd.DataFrame) -> Figure:
     ax_f1.plot(x, table["test_f1"], "o-", label="test F1 (positive class)")
     ax_f1.plot(x, table["test_f1_macro"], "s--", label="test macro F1")
     ax_f1.set_ylabel("F1")
+    ax_f1.set_title("genre head on the test split", fontsize=9)
     ax_f1.legend(fontsize=8)
-    ax_align.plot(x, table["alignment"], "o-", color="tab:green")
-    ax_align.set_ylabel("mutual kNN (k=10), text vs image tower")
+    ax_align.plot(x, table["alignment"], "o-", color="tab:green", label="finetuned towers")
+    ax_align.axhline(first["alignment_chance"], color="grey", ls=":", label="chance, k / (N - 1)")
+    ax_align.legend(fontsize=8)
+    ax_align.set_ylabel("alignment (mutual kNN, k=10)")
+    ax_align.set_title("finetuned text vs image tower, test movies", fontsize=9)
     for ax in (ax_f1, ax_align):
         ax.set_xscale("symlog", linthresh=0.1)
         ax.set_xlabel("clip_weight")
