@@ -82,7 +82,8 @@ parse_args() {
 # Levels as one explicit list and the dataset's default subset, from the library's own rules.
 RESOLVE='
 import sys
-from platonic.data import dataset_label, parse_levels
+from platonic.data import dataset_label
+from platonic.levels import parse_levels
 from platonic.errors import run_cli
 
 def main(argv):

@@ -22,9 +22,10 @@ import torch
 from tqdm.auto import tqdm
 
 from platonic import language, vision
-from platonic.data import load_data, parse_levels
+from platonic.data import load_data
 from platonic.extract import Settings, run_extraction, texts_by_level
 from platonic.features import feature_path, load_features
+from platonic.levels import parse_levels
 from platonic.models import LANGUAGE, VISION, get_models
 from platonic.storage import level_dir
 

@@ -31,15 +31,11 @@ from platonic.alignment import (
     prepare_features,
     score_grid,
 )
-from platonic.data import (
-    dataset_label,
-    file_levels,
-    images_fingerprint,
-    load_data,
-    texts_fingerprint,
-)
+from platonic.data import dataset_label, load_data
 from platonic.errors import PlatonicError
 from platonic.features import read_meta, resolve_feature_file
+from platonic.fingerprints import images_fingerprint, texts_fingerprint
+from platonic.level_sources import file_levels
 from platonic.models import LANGUAGE, VISION, get_models
 from platonic.storage import level_dir
 

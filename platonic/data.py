@@ -8,16 +8,12 @@ Datasets (one registry, `DATASETS`; a local folder is recognised by being a dire
                 with a `file_name` column and a caption column (`text`, `caption` or `captions`,
                 a string or a list indexed by `--caption_idx`).
 
-Uniqueness levels come from, in order of precedence: a caption file in the published format
-(`--json_perturbations`, matched to images by index), rule-based word operations
-(`--text_operations`, the level is the percentage of words touched), or the dataset's own rules
-(the embedded set).
+A dataset may bring uniqueness levels of its own (`PairedData.level_texts`, the embedded set);
+the other level sources are in `platonic.level_sources`, the level values in `platonic.levels`.
 """
 
 from __future__ import annotations
 
-import json
-import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,9 +24,9 @@ from PIL import Image
 
 from platonic import embedded
 from platonic.errors import PlatonicError, first_line
-from platonic.storage import sha256_of
 
-ALL_LEVELS: tuple[int, ...] = tuple(range(0, 101, 10))
+PRH = "minhuh/prh"
+DEFAULT_SUBSETS: dict[str, str] = {PRH: "wit_1024", embedded.NAME: "seed0"}
 _CAPTION_COLUMNS = ("text", "caption", "captions")
 
 
@@ -48,10 +44,6 @@ class PairedData:
         return len(self.texts)
 
 
-def _take(items: list, num_samples: int | None) -> list:
-    return items if num_samples is None else items[:num_samples]
-
-
 def _caption_of(value: Any, caption_idx: int, where: str) -> str:
     if isinstance(value, str):
         return value
@@ -66,7 +58,7 @@ def load_prh(name: str, subset: str | None, num_samples: int | None, caption_idx
     """The original's data: `minhuh/prh` at revision `subset` (images and caption lists)."""
     import datasets
 
-    revision = subset or "wit_1024"
+    revision = subset or DEFAULT_SUBSETS[PRH]
     try:
         table = datasets.load_dataset(name, revision=revision, split="train")
     except Exception as err:  # the Hub client raises many types when offline or refused
@@ -83,7 +75,7 @@ def load_prh(name: str, subset: str | None, num_samples: int | None, caption_idx
 
 def load_embedded(name: str, subset: str | None, num_samples: int | None, caption_idx: int) -> PairedData:
     """The offline default: rendered scenes with faithful captions and built-in levels."""
-    subset = subset or "seed0"
+    subset = subset or DEFAULT_SUBSETS[embedded.NAME]
     match = re.fullmatch(r"seed(\d+)", subset)
     if match is None:
         raise PlatonicError(f"dataset {name!r}: subset must be seed<N> (e.g. seed0), got {subset!r}")
@@ -118,7 +110,7 @@ def load_imagefolder(path: str, subset: str | None, num_samples: int | None, cap
 
 
 DATASETS: dict[str, Callable[[str, str | None, int | None, int], PairedData]] = {
-    "minhuh/prh": load_prh,
+    PRH: load_prh,
     embedded.NAME: load_embedded,
 }
 
@@ -138,150 +130,4 @@ def load_data(name: str, subset: str | None = None, num_samples: int | None = No
 
 def dataset_label(name: str, subset: str | None) -> tuple[str, str | None]:
     """The (dataset, subset) pair that names output folders, with the registry's defaults."""
-    defaults = {"minhuh/prh": "wit_1024", embedded.NAME: "seed0"}
-    return name, subset or defaults.get(name)
-
-
-
-# ---- levels -----------------------------------------------------------------------------------
-
-_LEVEL_KEY = re.compile(r"Caption\s+\d+\s*-\s*(\d+)\s*%")
-_INDEX_KEY = re.compile(r"Index\s*-\s*(\d+)")
-
-
-def read_perturbations(path: str | Path) -> dict[int, dict[int, str]]:
-    """Parse a caption file in the published format into {sample index: {level: caption}}."""
-    path = Path(path)
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise PlatonicError(f"{path}: cannot read the caption file ({err})") from err
-    if not isinstance(entries, list):
-        raise PlatonicError(f"{path}: expected a JSON list of {{'Index - i': ...}} objects")
-    table: dict[int, dict[int, str]] = {}
-    for position, entry in enumerate(entries):
-        if not isinstance(entry, dict) or len(entry) != 1:
-            raise PlatonicError(f"{path}: entry {position} is not a single {{'Index - i': ...}} object")
-        (key, body), = entry.items()
-        match = _INDEX_KEY.fullmatch(key.strip())
-        sentences = body.get("sentences") if isinstance(body, dict) else None
-        if match is None or not isinstance(sentences, dict):
-            raise PlatonicError(f"{path}: entry {position} ({key!r}) lacks an index or 'sentences'")
-        table[int(match.group(1))] = _levels_of(path, key, sentences)
-    return table
-
-
-def _levels_of(path: Path, key: str, sentences: dict) -> dict[int, str]:
-    levels = {}
-    for name, text in sentences.items():
-        match = _LEVEL_KEY.search(name)
-        if match is None or not isinstance(text, str):
-            raise PlatonicError(f"{path}: {key}: unexpected caption key {name!r}")
-        levels[int(match.group(1))] = text
-    return levels
-
-
-def file_levels(path: str | Path, num_samples: int) -> Callable[[int], list[str]]:
-    """Captions at a level from a published-format file, matched to samples 0..num_samples-1."""
-    table = read_perturbations(path)
-
-    def level_texts(level: int) -> list[str]:
-        texts = []
-        for index in range(num_samples):
-            if index not in table:
-                raise PlatonicError(f"{path}: no captions for sample index {index}")
-            if level not in table[index]:
-                raise PlatonicError(f"{path}: sample index {index} has no caption at level {level}% "
-                                    f"(levels: {sorted(table[index])})")
-            texts.append(table[index][level])
-        return texts
-
-    return level_texts
-
-
-TEXT_OPERATIONS = ("shuffle", "delete", "replace")
-
-
-def rule_levels(texts: list[str], operations: list[str], seed: int = 0) -> Callable[[int], list[str]]:
-    """Word-level rules: at level p each word is touched with probability p/100 (seeded, nested).
-
-    `delete` drops it, `replace` swaps in a random word from the other captions, `shuffle`
-    permutes the touched words among their positions.
-    """
-    unknown = [op for op in operations if op not in TEXT_OPERATIONS]
-    if unknown or not operations:
-        raise PlatonicError(f"--text_operations: unknown {unknown or operations}; "
-                            f"choose from {', '.join(TEXT_OPERATIONS)}")
-    vocabulary = sorted({word for text in texts for word in text.split()})
-
-    def level_texts(level: int) -> list[str]:
-        return [_apply_rules(text, i, level, operations, vocabulary, seed) for i, text in enumerate(texts)]
-
-    return level_texts
-
-
-def _apply_rules(text: str, index: int, level: int, operations: list[str], vocabulary: list[str],
-                 seed: int) -> str:
-    rng = random.Random(f"platonic-rules:{seed}:{index}")
-    words = text.split()
-    draws = [(rng.random(), rng.choice(operations), rng.choice(vocabulary)) for _ in words]
-    touched = [k for k, (r, _, _) in enumerate(draws) if r < level / 100]
-    shuffled = [k for k in touched if draws[k][1] == "shuffle"]
-    order = shuffled[:]
-    random.Random(f"platonic-shuffle:{seed}:{index}:{level}").shuffle(order)
-    result = list(words)
-    for source, target in zip(shuffled, order, strict=True):
-        result[target] = words[source]
-    for k in touched:
-        if draws[k][1] == "replace":
-            result[k] = draws[k][2]
-    return " ".join(w for k, w in enumerate(result) if not (k in touched and draws[k][1] == "delete"))
-
-
-def parse_levels(spec: str) -> list[int]:
-    """`all` (0,10,..,100), a list `0,20,40`, `start:stop:step`, or `0,10,...,100`."""
-    spec = spec.strip()
-    if spec == "all":
-        return list(ALL_LEVELS)
-    if spec.count(":") == 2:
-        start, stop, step = (int(p) if p.strip().isdigit() else -1 for p in spec.split(":"))
-        spec = ",".join(map(str, range(start, stop + 1, step))) if min(start, stop, step) >= 0 and step else "x"
-    parts = [p.strip() for p in spec.split(",") if p.strip()]
-    try:
-        if "..." in parts:
-            at = parts.index("...")
-            first, second, last = int(parts[at - 2]), int(parts[at - 1]), int(parts[at + 1])
-            head = [int(p) for p in parts[:at]]
-            levels = head + list(range(second + (second - first), last + 1, second - first))
-        else:
-            levels = [int(p) for p in parts]
-    except (ValueError, IndexError) as err:
-        raise PlatonicError(f"--levels: cannot parse {spec!r}; use 'all', '0,50,100' or '0,10,...,100'") from err
-    bad = [lv for lv in levels if not 0 <= lv <= 100]
-    if bad or not levels:
-        raise PlatonicError(f"--levels: levels must be integers 0..100, got {spec!r}")
-    return sorted(set(levels))
-
-
-# ---- images -----------------------------------------------------------------------------------
-
-def add_noise(image: Image.Image, percentage: float, seed: int, index: int) -> Image.Image:
-    """Replace `percentage`% of the pixels by uniform random colours, seeded per sample."""
-    if percentage <= 0:
-        return image
-    import numpy as np
-
-    rng = np.random.default_rng([seed, index])
-    pixels = np.asarray(image.convert("RGB")).copy()
-    mask = rng.random(pixels.shape[:2]) < percentage / 100
-    pixels[mask] = rng.integers(0, 256, size=(int(mask.sum()), 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
-
-
-def images_fingerprint(images: list[Image.Image]) -> str:
-    """sha256 over every image's mode, size and pixels, in order."""
-    return sha256_of(*[part for img in images for part in (img.mode, list(img.size), img.tobytes())])
-
-
-def texts_fingerprint(texts: list[str]) -> str:
-    return sha256_of(texts)
+    return name, subset or DEFAULT_SUBSETS.get(name)

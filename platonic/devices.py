@@ -1,4 +1,4 @@
-"""The compute device named on a command line."""
+"""The compute device named on a command line, and what running out of its memory looks like."""
 
 from __future__ import annotations
 
@@ -20,3 +20,8 @@ def pick_device(name: str | None) -> torch.device:
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise PlatonicError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
     return device
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether `err` is a device out-of-memory error (CUDA's type, or a backend's RuntimeError)."""
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()

@@ -21,11 +21,12 @@ from dataclasses import dataclass, replace
 from PIL import Image, ImageDraw
 
 from platonic.errors import PlatonicError
+from platonic.levels import ALL_LEVELS, check_levels
 
 NAME = "embedded"
 DEFAULT_NUM_SAMPLES = 512
 IMAGE_SIZE = 224
-LEVELS: tuple[int, ...] = tuple(range(0, 101, 10))
+LEVELS: tuple[int, ...] = ALL_LEVELS
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -126,8 +127,7 @@ def captions(num_samples: int = DEFAULT_NUM_SAMPLES, seed: int = 0) -> list[str]
 
 
 def check_level(level: int) -> int:
-    if not isinstance(level, int) or not 0 <= level <= 100:
-        raise PlatonicError(f"embedded dataset: uniqueness level must be an integer 0..100, got {level!r}")
+    check_levels([level], "embedded dataset")
     return level
 
 

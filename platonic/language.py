@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from platonic.devices import is_out_of_memory
 from platonic.errors import PlatonicError, first_line
 from platonic.models import ModelSpec
 from platonic.storage import sha256_file
@@ -270,17 +271,13 @@ def _forward(lm: LanguageModel, token_ids: list[list[int]], pool: str, width: in
     return pooled, loss_sum.cpu(), count.cpu()
 
 
-def _is_oom(err: BaseException) -> bool:
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
-
-
 def _forward_splitting(lm: LanguageModel, token_ids: list[list[int]], pool: str,
                        on_split: Callable[[int], None]) -> list[tuple]:
     """Forward one batch; on out-of-memory, halve it and go on (down to single captions)."""
     try:
         return [_forward(lm, token_ids, pool)]
     except (torch.OutOfMemoryError, RuntimeError) as err:
-        if not _is_oom(err) or len(token_ids) == 1:
+        if not is_out_of_memory(err) or len(token_ids) == 1:
             raise
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -16,12 +16,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from platonic import metrics
+from platonic import cli, metrics
 from platonic.alignment import LayerKernels, best_of_grid, load_kernels, score_grid
-from platonic.data import dataset_label, parse_levels
+from platonic.data import dataset_label
 from platonic.devices import pick_device
 from platonic.errors import PlatonicError
 from platonic.features import read_meta, resolve_feature_file
+from platonic.levels import parse_levels
 from platonic.models import get_models
 from platonic.results import AlignmentResult, alignment_path, load_result, save_result
 from platonic.storage import level_dir
@@ -41,29 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Alignment between every x model and every y model (best over all layer "
                     "pairs), from feature files written by extract_features.py.")
-    p.add_argument("--dataset", default="minhuh/prh")
-    p.add_argument("--subset", default=None,
-                   help="default: the dataset's own (wit_1024 for minhuh/prh, seed0 for embedded)")
-    p.add_argument("--modelset", default="val", help="model set naming the models (see platonic.models)")
-    p.add_argument("--modality_x", default="language", choices=["language", "vision"])
-    p.add_argument("--pool_x", default="avg")
-    p.add_argument("--prompt_x", action="store_true")
-    p.add_argument("--modality_y", default="vision", choices=["language", "vision"])
-    p.add_argument("--pool_y", default="cls")
-    p.add_argument("--prompt_y", action="store_true")
+    cli.add_alignment_args(p)
     p.add_argument("--models_x", nargs="+", help="x models by id (default: the model set's)")
     p.add_argument("--models_y", nargs="+", help="y models by id (default: the model set's)")
-    p.add_argument("--metric", default="mutual_knn", choices=list(metrics.METRICS))
-    p.add_argument("--topk", type=int, default=10)
-    p.add_argument("--levels", help="uniqueness levels: 'all', '0,50,100', '0,10,...,100' or "
-                                    "'0:100:10'; the dirs then hold '{}' for the level (else a "
-                                    "u=<level> sub-folder)")
-    p.add_argument("--input_dir", default="./results/features")
-    p.add_argument("--output_dir", default="./results/alignment")
+    cli.add_levels_arg(p, "the dirs then hold '{}' for the level (else a u=<level> sub-folder)")
+    cli.add_features_dir(p, "--input_dir")
+    cli.add_align_dir(p, "--output_dir")
     p.add_argument("--precise", action="store_true",
                    help="outlier threshold from one global quantile (else the mean of per-sample ones)")
     p.add_argument("--force_remake", action="store_true")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    cli.add_device_arg(p)
     return p
 
 

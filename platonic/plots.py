@@ -6,11 +6,12 @@ state), saved as PNG and PDF through a temporary file that is renamed on success
 Per vision family: alignment vs language performance (one panel per chosen level, one colour
 and OLS line per vision-model size), and alignment vs uniqueness level (one line per size).
 Per level: a heatmap of the language x vision alignment matrix, one colour scale for all levels.
-The statistics in the titles come from `platonic.report.summarise`, so they match the summary.
+The statistics in the titles come from `platonic.statistics.summarise`, so they match the summary.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import re
@@ -27,21 +28,20 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy import stats
 
-from platonic.report import (
-    DEFAULT_LEVELS,
-    Study,
-    StudySpec,
+from platonic import cli
+from platonic.data import dataset_label
+from platonic.levels import parse_levels
+from platonic.statistics import (
+    DEFAULT_PANEL_LEVELS,
     StudySummary,
-    fmt,
-    load_study,
     mean_family_slope,
     ols_slope,
     summarise,
     vision_level_scores,
-    write_summary,
-    write_tidy_csv,
 )
 from platonic.storage import atomic_path
+from platonic.study import DEFAULT_LEVELS, Study, StudySpec, load_study, write_tidy_csv
+from platonic.summary import fmt, write_summary
 
 FORMATS = ("png", "pdf")
 DPI = 300
@@ -269,3 +269,37 @@ def _family_figures(study: Study, summary: StudySummary, folder: Path, same_scal
         else:
             figures += save(fig, folder / f"alignment_vs_uniqueness_{name}")
     return figures
+
+
+# --- command line (plot_alignment.py) -----------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Plot alignment against language performance and caption uniqueness, and "
+                    "tabulate it.")
+    cli.add_alignment_args(parser, topk_type=cli.topk_value)
+    parser.add_argument("--same_scale", action="store_true",
+                        help="one y range for all performance panels, another for all trend plots")
+    cli.add_features_dir(parser, default=None,
+                         help="feature folder template with {} for the level (bits per byte of "
+                              "the language models); without it, no performance plots")
+    cli.add_align_dir(parser, default=None, required=True,
+                      help="alignment folder template with {} for the level")
+    parser.add_argument("--plot_dir", default="./plots")
+    cli.add_levels_arg(parser, "the levels to read (default: all)", parsed_default=True)
+    parser.add_argument("--panel_levels", type=parse_levels, default=None,
+                        help="levels with a performance panel (default: those of "
+                             f"{','.join(map(str, DEFAULT_PANEL_LEVELS))} that are plotted)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    spec = StudySpec(*dataset_label(args.dataset, args.subset), args.modelset,
+                     args.modality_x, args.pool_x, args.prompt_x,
+                     args.modality_y, args.pool_y, args.prompt_y, args.metric, args.topk)
+    outputs = plot_study(spec, args.align_dir, args.features_dir, args.plot_dir,
+                         levels=args.levels, panel_levels=args.panel_levels,
+                         same_scale=args.same_scale)
+    print(outputs.describe())
+    return 0

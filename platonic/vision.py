@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from platonic.devices import is_out_of_memory
 from platonic.errors import PlatonicError, first_line
 from platonic.models import ModelSpec
 
@@ -129,10 +130,6 @@ def stack_layers(layers: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(padded, dim=1)
 
 
-def _is_oom(err: BaseException) -> bool:
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
-
-
 def encode_images(vm: VisionModel, images: list[Image.Image], batch_size: int = 32,
                   desc: str = "images") -> ImageFeatures:
     """Per-layer features of every image, in order; halves the batch on out-of-memory."""
@@ -148,7 +145,7 @@ def encode_images(vm: VisionModel, images: list[Image.Image], batch_size: int = 
             try:
                 layers = layer_features(vm, x)
             except (torch.OutOfMemoryError, RuntimeError) as err:
-                if not _is_oom(err) or size == 1:
+                if not is_out_of_memory(err) or size == 1:
                     raise
                 size = max(1, size // 2)
                 tqdm.write(f"out of memory: batch size now {size}")

@@ -11,9 +11,10 @@ import torch
 
 import platonic
 from platonic.alignment import compute_score, prepare_features
-from platonic.data import load_data, texts_fingerprint
+from platonic.data import load_data
 from platonic.errors import PlatonicError
 from platonic.features import feature_path, save_features
+from platonic.fingerprints import texts_fingerprint
 from platonic.storage import level_dir
 
 N = 24

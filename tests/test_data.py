@@ -8,15 +8,11 @@ from pathlib import Path
 import pytest
 
 from platonic import embedded
-from platonic.data import (
-    dataset_label,
-    file_levels,
-    load_data,
-    parse_levels,
-    read_perturbations,
-    rule_levels,
-)
+from platonic.captions.published import read_perturbations
+from platonic.data import dataset_label, load_data
 from platonic.errors import PlatonicError
+from platonic.level_sources import file_levels, rule_levels
+from platonic.levels import parse_levels
 
 PUBLISHED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "perturbed_data.json"
 

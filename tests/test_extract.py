@@ -182,7 +182,7 @@ def test_cnn_gives_pooled_stages_zero_padded():
 
 
 def test_images_encoded_once_and_linked_into_every_level(tmp_path):
-    from platonic.data import images_fingerprint
+    from platonic.fingerprints import images_fingerprint
 
     spec = ModelSpec("test_vit", VISION, "test", "tiny", options={"random_init_seed": 0})
     settings, stats, images = _settings(tmp_path), RunStats(), _images(4)

@@ -12,12 +12,14 @@ import torch
 from scipy import stats
 
 import plot_alignment
+from platonic import plots
 from platonic.errors import PlatonicError, run_cli
 from platonic.features import feature_path, save_features
 from platonic.plots import plot_study
-from platonic.report import StudySpec, bootstrap_mean_rho, load_study, summarise
 from platonic.results import AlignmentResult, save_result
+from platonic.statistics import bootstrap_mean_rho, summarise
 from platonic.storage import level_dir
+from platonic.study import StudySpec, load_study
 
 LANGUAGE = ["org/lm-small", "org/lm-large", "org/encoder"]  # the encoder has no bits per byte
 DINO = ["vit_small_patch14_dinov2.lvd142m", "vit_base_patch14_dinov2.lvd142m",
@@ -228,7 +230,7 @@ def test_bad_panel_level_and_modalities_are_errors(study_dirs):
 
 def test_cli_writes_and_prints_where(study_dirs, tmp_path, capsys, monkeypatch):
     align, feats = study_dirs
-    monkeypatch.setattr(plot_alignment, "plot_study", partial(plot_study, **PNG_ONLY))
+    monkeypatch.setattr(plots, "plot_study", partial(plot_study, **PNG_ONLY))
     code = plot_alignment.main(["--dataset", "toy", "--subset", "s1", "--modelset", "mine",
                                 "--topk", "2", "--align_dir", align, "--features_dir", feats,
                                 "--plot_dir", str(tmp_path), "--levels", "0,30,60",

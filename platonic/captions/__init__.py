@@ -3,5 +3,5 @@
 Modules: `published` (the file format), `prompt` (what is asked), `client` (one request with
 retries), `checks` (is a reply usable), `sources` (where captions come from), `store` (durable
 results), `similarity` (sentence-embedding cosines), `generate` (the run), `validate` (checking
-an existing file). The command line is `perturbed/create_dataset.py`.
+an existing file). The command line is `perturbed/create_dataset.py`, over `generate.main`.
 """

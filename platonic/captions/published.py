@@ -1,5 +1,8 @@
 """The caption file format the authors published (`perturbed/data.json`), read and written exactly.
 
+The one reader of the format: `read` (whole entries, for resuming and checking a generation run)
+and `read_perturbations` (the captions by level, for extraction) share the key grammar below.
+
 A JSON list ordered by index of
   {"Index - i": {"sentences": {"Caption 1 - 10%": ..., ..., "Caption 10 - 100%": ...,
                                "Caption 0 - 0%": original},
@@ -22,6 +25,7 @@ from platonic.storage import write_text
 NUM_LEVELS = 10
 ORIGINAL_KEY = "Caption 0 - 0%"
 _INDEX_KEY = re.compile(r"Index - (\d+)")
+_LEVEL_KEY = re.compile(r"Caption \d+ - (\d+)%")
 
 
 def level_key(level: int) -> str:
@@ -123,3 +127,38 @@ def read(path: str | os.PathLike) -> dict[int, CaptionEntry]:
             raise PlatonicError(f"{path}: index {entry.index} appears twice")
         entries[entry.index] = entry
     return entries
+
+
+def parse_level_key(key: object) -> int | None:
+    """The level (percent) of a caption key `Caption k - P%`, or None when it is not one."""
+    match = _LEVEL_KEY.fullmatch(key) if isinstance(key, str) else None
+    return int(match.group(1)) if match else None
+
+
+def read_perturbations(path: str | os.PathLike) -> dict[int, dict[int, str]]:
+    """{sample index: {level: caption}} from a caption file.
+
+    Unlike `read`, any subset of the levels is accepted and similarities are not needed:
+    extraction uses only the captions of the levels it is asked for.
+    """
+    table: dict[int, dict[int, str]] = {}
+    for position, entry in enumerate(load_json_list(path)):
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise PlatonicError(f"{path}: entry {position} is not a single {{'Index - i': ...}} object")
+        (key, body), = entry.items()
+        index = parse_index_key(key)
+        sentences = body.get("sentences") if isinstance(body, dict) else None
+        if index is None or not isinstance(sentences, dict):
+            raise PlatonicError(f"{path}: entry {position} ({key!r}) lacks an index or 'sentences'")
+        table[index] = _levels_of(path, key, sentences)
+    return table
+
+
+def _levels_of(path: str | os.PathLike, key: str, sentences: dict) -> dict[int, str]:
+    levels = {}
+    for name, text in sentences.items():
+        level = parse_level_key(name)
+        if level is None or not isinstance(text, str):
+            raise PlatonicError(f"{path}: {key}: unexpected caption key {name!r}")
+        levels[level] = text
+    return levels

@@ -15,12 +15,13 @@ from pathlib import Path
 
 from PIL import Image
 
+from platonic import embedded
 from platonic.captions.quiet import hub_warnings_silenced
+from platonic.data import DEFAULT_SUBSETS, PRH
 from platonic.errors import PlatonicError
 
-DEFAULT_DATASET = "minhuh/prh"
-DEFAULT_SUBSET = "wit_1024"
-EMBEDDED_DEFAULT_SAMPLES = 512
+DEFAULT_DATASET = PRH
+DEFAULT_SUBSET = DEFAULT_SUBSETS[PRH]
 
 
 @dataclass
@@ -144,9 +145,7 @@ def from_file(path: str | os.PathLike, caption_idx: int = 0, start: int = 0,
 def from_embedded(start: int = 0, num_samples: int | None = None,
                   with_images: bool = False) -> CaptionSource:
     """The level-0 captions (and rendered images) of the project's embedded default data set."""
-    from platonic import embedded
-
-    total = start + (EMBEDDED_DEFAULT_SAMPLES if num_samples is None else num_samples)
+    total = start + (embedded.DEFAULT_NUM_SAMPLES if num_samples is None else num_samples)
     texts = embedded.captions(num_samples=total)
     window = _window(len(texts), start, num_samples, "embedded data set")
     image_of = None

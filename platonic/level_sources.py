@@ -1,0 +1,73 @@
+"""Where the captions at a uniqueness level come from, besides a dataset's own rules.
+
+A level source is a function `level -> captions in dataset order`. Two kinds live here: a
+caption file in the published format (`--json_perturbations`, read by
+`platonic.captions.published`), and rule-based word operations (`--text_operations`, the level
+is the percentage of words touched). Datasets with levels of their own (the embedded set) give
+theirs as `PairedData.level_texts`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+from platonic.captions.published import read_perturbations
+from platonic.errors import PlatonicError
+
+TEXT_OPERATIONS = ("shuffle", "delete", "replace")
+
+
+def file_levels(path: str | Path, num_samples: int) -> Callable[[int], list[str]]:
+    """Captions at a level from a published-format file, matched to samples 0..num_samples-1."""
+    table = read_perturbations(path)
+
+    def level_texts(level: int) -> list[str]:
+        texts = []
+        for index in range(num_samples):
+            if index not in table:
+                raise PlatonicError(f"{path}: no captions for sample index {index}")
+            if level not in table[index]:
+                raise PlatonicError(f"{path}: sample index {index} has no caption at level {level}% "
+                                    f"(levels: {sorted(table[index])})")
+            texts.append(table[index][level])
+        return texts
+
+    return level_texts
+
+
+def rule_levels(texts: list[str], operations: list[str], seed: int = 0) -> Callable[[int], list[str]]:
+    """Word-level rules: at level p each word is touched with probability p/100 (seeded, nested).
+
+    `delete` drops it, `replace` swaps in a random word from the other captions, `shuffle`
+    permutes the touched words among their positions.
+    """
+    unknown = [op for op in operations if op not in TEXT_OPERATIONS]
+    if unknown or not operations:
+        raise PlatonicError(f"--text_operations: unknown {unknown or operations}; "
+                            f"choose from {', '.join(TEXT_OPERATIONS)}")
+    vocabulary = sorted({word for text in texts for word in text.split()})
+
+    def level_texts(level: int) -> list[str]:
+        return [_apply_rules(text, i, level, operations, vocabulary, seed) for i, text in enumerate(texts)]
+
+    return level_texts
+
+
+def _apply_rules(text: str, index: int, level: int, operations: list[str], vocabulary: list[str],
+                 seed: int) -> str:
+    rng = random.Random(f"platonic-rules:{seed}:{index}")
+    words = text.split()
+    draws = [(rng.random(), rng.choice(operations), rng.choice(vocabulary)) for _ in words]
+    touched = [k for k, (r, _, _) in enumerate(draws) if r < level / 100]
+    shuffled = [k for k in touched if draws[k][1] == "shuffle"]
+    order = shuffled[:]
+    random.Random(f"platonic-shuffle:{seed}:{index}:{level}").shuffle(order)
+    result = list(words)
+    for source, target in zip(shuffled, order, strict=True):
+        result[target] = words[source]
+    for k in touched:
+        if draws[k][1] == "replace":
+            result[k] = draws[k][2]
+    return " ".join(w for k, w in enumerate(result) if not (k in touched and draws[k][1] == "delete"))
