@@ -50,18 +50,21 @@ class Alignment:
     `features_dir` is the feature root given to extract_features.py (`{}` stands for the level);
     `models` are model ids, or `modelset` names a set whose `modality` models are used.
     `captions` is the published-format caption file the language features were extracted
-    with, needed only by `get_data("text")` at a level of a dataset without levels of its own.
+    with, needed only by `get_data("text")` at a level of a dataset without levels of its own;
+    `allow_caption_mismatch` as extract_features.py's flag of that name.
     """
 
     def __init__(self, features_dir: str | os.PathLike, models: list[str] | None = None,
                  dataset: str = "minhuh/prh", subset: str | None = None,
                  modality: str = LANGUAGE, pool: str | None = None, level: int | None = None,
                  modelset: str | None = None, captions: str | os.PathLike | None = None,
-                 device: str | torch.device = "cpu", precise: bool = False):
+                 device: str | torch.device = "cpu", precise: bool = False,
+                 allow_caption_mismatch: bool = False):
         if modality not in DEFAULT_POOL:
             raise PlatonicError(f"modality must be {LANGUAGE} or {VISION}, got {modality!r}")
         self.dataset, self.subset = dataset_label(dataset, subset)
         self.modality, self.level, self.captions = modality, level, captions
+        self.allow_caption_mismatch = allow_caption_mismatch
         self.pool = pool or DEFAULT_POOL[modality]
         self.device, self.precise = torch.device(device), precise
         self.models = _model_ids(models, modelset, modality)
@@ -93,7 +96,7 @@ class Alignment:
         if self.level is None:
             return data.texts
         if self.captions is not None:
-            return file_levels(self.captions, len(data))(self.level)
+            return file_levels(self.captions, data.texts, self.allow_caption_mismatch)(self.level)
         if data.level_texts is None:
             raise PlatonicError(f"dataset {self.dataset!r} has no uniqueness levels of its own; "
                                 "pass captions= (the caption file used for extraction)")

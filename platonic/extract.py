@@ -303,12 +303,16 @@ def select_models(modelset: str, model_ids: list[str] | None, modality: str) -> 
 
 
 def texts_by_level(data: PairedData, levels: list[int] | None, json_perturbations: str | None = None,
-                   text_operations: list[str] | None = None, seed: int = 0) -> dict[int | None, list[str]]:
-    """Captions for each requested level (None: the dataset's own captions, no levels)."""
+                   text_operations: list[str] | None = None, seed: int = 0,
+                   allow_caption_mismatch: bool = False) -> dict[int | None, list[str]]:
+    """Captions for each requested level (None: the dataset's own captions, no levels).
+
+    A caption file must match the dataset at level 0 unless `allow_caption_mismatch`.
+    """
     if levels is None:
         return {None: data.texts}
     if json_perturbations:
-        source = file_levels(json_perturbations, len(data))
+        source = file_levels(json_perturbations, data.texts, allow_caption_mismatch)
     elif text_operations:
         source = rule_levels(data.texts, text_operations, seed)
     elif data.level_texts is not None:
@@ -342,7 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "--text_percentage_perturbation) the plain captions are used and "
                              "--output_dir holds no level")
     data.add_argument("--json_perturbations", default=None,
-                      help="caption file in the published format ('Caption k - P%%' per 'Index - i')")
+                      help="caption file in the published format ('Caption k - P%%' per 'Index - i'); "
+                           "each sample's 'Caption 0 - 0%%' must be the dataset's caption")
+    data.add_argument("--allow_caption_mismatch", action="store_true",
+                      help="use a --json_perturbations file whose level-0 captions differ from the "
+                           "dataset's (matched by index only)")
     data.add_argument("--text_percentage_perturbation", type=int, default=None,
                       help="a single level (the original's flag); same as --levels P")
     data.add_argument("--text_operations", default=None,
@@ -401,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
         args.modelset, args.models.split(",") if args.models else None, args.modality)
     data = load_data(args.dataset, subset, args.num_samples, args.caption_idx)
     operations = args.text_operations.split(",") if args.text_operations else None
-    captions = texts_by_level(data, levels, args.json_perturbations, operations)
+    captions = texts_by_level(data, levels, args.json_perturbations, operations,
+                              allow_caption_mismatch=args.allow_caption_mismatch)
     settings = Settings(
         output_dir=args.output_dir, dataset=dataset, subset=data.subset or subset,
         pool=args.pool if args.pool != "cls" else "avg", batch_size=args.batch_size,

@@ -2,8 +2,9 @@
 
 A level source is a function `level -> captions in dataset order`. Two kinds live here: a
 caption file in the published format (`--json_perturbations`, read by
-`platonic.captions.published`), and rule-based word operations (`--text_operations`, the level
-is the percentage of words touched). Datasets with levels of their own (the embedded set) give
+`platonic.captions.published`, matched to the dataset by index and checked by each row's level-0
+caption), and rule-based word operations (`--text_operations`, the level is the percentage of
+words touched). Datasets with levels of their own (the embedded set) give
 theirs as `PairedData.level_texts`.
 """
 
@@ -19,22 +20,43 @@ from platonic.errors import PlatonicError
 TEXT_OPERATIONS = ("shuffle", "delete", "replace")
 
 
-def file_levels(path: str | Path, num_samples: int) -> Callable[[int], list[str]]:
-    """Captions at a level from a published-format file, matched to samples 0..num_samples-1."""
+def file_levels(path: str | Path, texts: list[str],
+                allow_mismatch: bool = False) -> Callable[[int], list[str]]:
+    """Captions at a level from a published-format file, matched by index to the dataset `texts`.
+
+    The file must cover every sample, and each sample's level-0 caption must be the dataset's own
+    (white space aside): a file made for other data, another --caption_idx or another order is
+    refused, naming the first index that differs, unless `allow_mismatch`.
+    """
     table = read_perturbations(path)
+    missing = next((i for i in range(len(texts)) if i not in table), None)
+    if missing is not None:
+        raise PlatonicError(f"{path}: no captions for sample index {missing}")
+    if not allow_mismatch:
+        _check_level0(path, table, texts)
 
     def level_texts(level: int) -> list[str]:
-        texts = []
-        for index in range(num_samples):
-            if index not in table:
-                raise PlatonicError(f"{path}: no captions for sample index {index}")
-            if level not in table[index]:
-                raise PlatonicError(f"{path}: sample index {index} has no caption at level {level}% "
-                                    f"(levels: {sorted(table[index])})")
-            texts.append(table[index][level])
-        return texts
+        absent = next((i for i in range(len(texts)) if level not in table[i]), None)
+        if absent is not None:
+            raise PlatonicError(f"{path}: sample index {absent} has no caption at level {level}% "
+                                f"(levels: {sorted(table[absent])})")
+        return [table[i][level] for i in range(len(texts))]
 
     return level_texts
+
+
+def _check_level0(path: str | Path, table: dict[int, dict[int, str]], texts: list[str]) -> None:
+    for index, text in enumerate(texts):
+        level0 = table[index].get(0)
+        if level0 is None:
+            raise PlatonicError(f"{path}: sample index {index} has no level-0 caption to match "
+                                "against the dataset's; pass --allow_caption_mismatch to use it "
+                                "anyway")
+        if level0.split() != text.split():  # white space aside
+            raise PlatonicError(
+                f"{path}: sample index {index}: the file's level-0 caption {level0[:60]!r} is not "
+                f"the dataset's {text[:60]!r}, so the file was made for other data (or another "
+                "--caption_idx); pass --allow_caption_mismatch to use it anyway")
 
 
 def rule_levels(texts: list[str], operations: list[str], seed: int = 0) -> Callable[[int], list[str]]:

@@ -28,23 +28,60 @@ def check_levels(levels: Iterable[int], where: str = "uniqueness levels") -> lis
     return sorted(set(levels))
 
 
+_LEVELS_USAGE = "use 'all', a list '0,50,100', 'start:stop:step' or '0,10,...,100'"
+
+
 def parse_levels(spec: str) -> list[int]:
-    """`all` (0,10,..,100), a list `0,20,40`, `start:stop:step`, or `0,10,...,100`."""
-    spec = spec.strip()
-    if spec == "all":
+    """`all` (0,10,..,100), a list `0,20,40`, `start:stop:step`, or `0,10,...,100`.
+
+    A range needs an explicit positive step (the third number, or the difference of the two
+    terms before `...`) and an end that lies on it: `0,10,...,95` and `0,...,100` are errors,
+    never silently shortened.
+    """
+    text = spec.strip()
+    if text == "all":
         return list(ALL_LEVELS)
-    if spec.count(":") == 2:
-        start, stop, step = (int(p) if p.strip().isdigit() else -1 for p in spec.split(":"))
-        spec = ",".join(map(str, range(start, stop + 1, step))) if min(start, stop, step) >= 0 and step else "x"
-    parts = [p.strip() for p in spec.split(",") if p.strip()]
-    try:
-        if "..." in parts:
-            at = parts.index("...")
-            first, second, last = int(parts[at - 2]), int(parts[at - 1]), int(parts[at + 1])
-            head = [int(p) for p in parts[:at]]
-            levels = head + list(range(second + (second - first), last + 1, second - first))
-        else:
-            levels = [int(p) for p in parts]
-    except (ValueError, IndexError) as err:
-        raise PlatonicError(f"--levels: cannot parse {spec!r}; use 'all', '0,50,100' or '0,10,...,100'") from err
+    levels = _colon_range(spec, text) if ":" in text else _comma_levels(spec, text)
     return check_levels(levels, f"--levels {spec!r}")
+
+
+def _levels_error(spec: str, why: str) -> PlatonicError:
+    return PlatonicError(f"--levels {spec!r}: {why}; {_LEVELS_USAGE}")
+
+
+def _level_number(spec: str, part: str) -> int:
+    try:
+        return int(part)
+    except ValueError:
+        raise _levels_error(spec, f"{part!r} is not an integer") from None
+
+
+def _stepped(spec: str, start: int, stop: int, step: int) -> list[int]:
+    """start, start + step, ..., stop, where stop must lie on that grid."""
+    if step <= 0:
+        raise _levels_error(spec, f"a range needs a positive step, got {step}")
+    if stop < start or (stop - start) % step:
+        raise _levels_error(spec, f"{stop} is not reached from {start} in steps of {step}")
+    return list(range(start, stop + 1, step))
+
+
+def _colon_range(spec: str, text: str) -> list[int]:
+    parts = text.split(":")
+    if len(parts) != 3:
+        raise _levels_error(spec, "a range is start:stop:step")
+    start, stop, step = (_level_number(spec, p.strip()) for p in parts)
+    return _stepped(spec, start, stop, step)
+
+
+def _comma_levels(spec: str, text: str) -> list[int]:
+    """A list, possibly with one `a,b,...,end` run whose step is b - a (more values may follow)."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if "..." not in parts:
+        return [_level_number(spec, p) for p in parts]
+    at = parts.index("...")
+    if parts.count("...") > 1 or at < 2 or at == len(parts) - 1:
+        raise _levels_error(spec, "'...' goes once, after two levels that give the step and "
+                                  "before the last level")
+    head = [_level_number(spec, p) for p in parts[:at]]
+    tail = [_level_number(spec, p) for p in parts[at + 1:]]
+    return head + _stepped(spec, head[-1], tail[0], head[-1] - head[-2]) + tail[1:]

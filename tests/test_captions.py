@@ -49,7 +49,7 @@ def encoder():
 
 
 def _store(path: Path, encoder) -> ResultStore:
-    return ResultStore(path, lambda o, r: level_similarities(encoder, o, r))
+    return ResultStore(path, encoder.similarities, encoder.name)
 
 
 def _tricky_captions(n: int) -> list[str]:
@@ -115,6 +115,11 @@ def test_read_names_the_bad_entry(tmp_path):
     path = tmp_path / "data.json"
     path.write_text(json.dumps([{"Index - 0": {"sentences": {}, "similarities": []}}]))
     with pytest.raises(PlatonicError, match=r"data.json: entry 0 'sentences' must hold"):
+        published.read(path)
+    sentences = {**{level_key(k): f"c{k}" for k in range(1, 11)}, "Caption 0 - 0%": "o"}
+    sentences[level_key(4)] = ["a list"]
+    path.write_text(json.dumps([{"Index - 0": {"sentences": sentences, "similarities": [0.5] * 10}}]))
+    with pytest.raises(PlatonicError, match=r"entry 0 caption 'Caption 4 - 40%' is not a string \(got list\)"):
         published.read(path)
 
 
@@ -350,12 +355,123 @@ def test_default_similarity_model_falls_back_with_a_note(tmp_path, monkeypatch):
     notes: list[str] = []
     fallback = similarity.load_encoder(unreachable, device="cpu", note=notes.append)
     assert len(notes) == 1 and "offline all-MiniLM-L6-v2" in notes[0]
-    assert fallback.encode(["a cat"]).shape == (1, 384)
+    assert fallback.name == "offline" and fallback.model.encode(["a cat"]).shape == (1, 384)
 
 
 def test_similarities_are_cosines_of_the_right_pairs(encoder):
-    sims = level_similarities(encoder, ["a cat on a mat", "stock prices fell"],
+    sims = level_similarities(encoder.model, ["a cat on a mat", "stock prices fell"],
                               [["a cat on a rug"] * 10, ["a cat on a rug"] * 10])
     assert len(sims) == 2 and all(len(row) == 10 for row in sims)
     assert sims[0][0] > sims[1][0] + 0.3
     assert all(math.isfinite(s) and -1 <= s <= 1 for row in sims for s in row)
+
+
+# ---------------------------------------------------------------- nothing lost, nothing mixed
+
+
+def _fake_similarity(originals, rewrites):
+    """A stand-in encoder: similarities that say which caption and level they belong to."""
+    return [[len(o) / 1000 + k / 100 for k in range(len(r))] for o, r in zip(originals, rewrites, strict=True)]
+
+
+def _old_entries(captions: list[str], model: str) -> dict[int, CaptionEntry]:
+    return {i: CaptionEntry(i, c, tuple(f"old {i}.{k}" for k in range(1, 11)), (0.5,) * 10, model)
+            for i, c in enumerate(captions)}
+
+
+def test_each_finished_record_is_journaled_at_once_and_reread(tmp_path):
+    captions = _tricky_captions(4)
+    save = tmp_path / "data.json"
+    store = ResultStore(save, _fake_similarity, "fake-encoder")
+    store.open(dict(enumerate(captions)))
+    replies = {i: tuple(scripted_captions(captions[i])) for i in (2, 0, 3)}
+    for done, (index, reply) in enumerate(replies.items(), start=1):
+        store.record(index, captions[index], reply)
+        assert finished_indices(save) == set(list(replies)[:done])  # durable before the next
+    assert not save.exists()  # killed now: the journal alone holds the three replies
+    again = ResultStore(save, _fake_similarity, "fake-encoder")
+    again.open(dict(enumerate(captions)))
+    entries = published.read(save)
+    assert sorted(entries) == [0, 2, 3] and not journal_path(save).exists()
+    for index, reply in replies.items():
+        assert entries[index] == CaptionEntry(index, captions[index], reply,
+                                              tuple(_fake_similarity([captions[index]], [reply])[0]),
+                                              "fake-encoder")
+    assert [i for i in range(4) if not again.is_done(i)] == [1]
+
+
+def test_force_keeps_old_captions_until_their_replacements_are_saved(tmp_path, encoder):
+    captions = _tricky_captions(4)
+    save = tmp_path / "data.json"
+    old = _old_entries(captions, encoder.name)
+    published.write(save, old)
+    before = save.read_bytes()
+    with FakeChatServer({captions[0]: ["401"]}) as server, pytest.raises(FatalRequestError):
+        generate(_source(captions), _store(save, encoder), SECRET, server.base_url, FAST,
+                 num_workers=1, force=True)
+    assert save.read_bytes() == before  # a refused key replaced nothing, so nothing is gone
+    faults = {captions[1]: ["500"] * 5, captions[2]: ["401"]}
+    with FakeChatServer(faults) as server:
+        with pytest.raises(FatalRequestError):
+            generate(_source(captions), _store(save, encoder), SECRET, server.base_url, FAST,
+                     num_workers=1, force=True)
+        entries = published.read(save)
+        assert entries[0].captions == tuple(scripted_captions(captions[0]))  # replaced
+        assert entries[1] == old[1]  # its replacement failed: the old one stays
+        assert (entries[2], entries[3]) == (old[2], old[3])  # the run stopped before them
+        assert [f["index"] for f in json.loads(failures_path(save).read_text())] == [1]
+        mark = len(server.requests)
+        retry = generate(_source(captions), _store(save, encoder), SECRET, server.base_url, FAST)
+        assert server.captions_requested(since=mark) == [captions[1]]  # the failed one, again
+    assert (retry.finished, retry.failed) == (1, 0) and not failures_path(save).exists()
+    assert published.read(save)[1].captions == tuple(scripted_captions(captions[1]))
+
+
+def test_journaled_replacement_wins_over_the_older_output(tmp_path):
+    """Killed after journaling a forced replacement, before the output was rewritten."""
+    captions = _tricky_captions(3)
+    save = tmp_path / "data.json"
+    published.write(save, _old_entries(captions, "fake-encoder"))
+    new = scripted_captions(captions[1])
+    journal_path(save).write_text(json.dumps({"index": 1, "original": captions[1],
+                                              "captions": new}) + "\n", encoding="utf-8")
+    assert finished_indices(save) == {0, 1, 2}
+    ResultStore(save, _fake_similarity, "fake-encoder").open(dict(enumerate(captions)))
+    entries = published.read(save)
+    assert entries[1].captions == tuple(new) and entries[0].captions[0] == "old 0.1"
+
+
+def test_similarities_of_another_encoder_are_refused_and_recorded(tmp_path):
+    captions = _tricky_captions(3)
+    save = tmp_path / "data.json"
+    store = ResultStore(save, _fake_similarity, "model-a")
+    store.open({0: captions[0]})
+    store.record(0, captions[0], tuple(scripted_captions(captions[0])))
+    store.close()
+    body = json.loads(save.read_text(encoding="utf-8"))[0]["Index - 0"]
+    assert body["similarity_model"] == "model-a"
+    assert [k for k in body["sentences"] if "- 30%" in k] == ["Caption 3 - 30%"]  # the original's lookup
+    before = save.read_bytes()
+    other = ResultStore(save, _fake_similarity, "model-b")
+    with pytest.raises(PlatonicError, match="index 0 has similarities from 'model-a', this run "
+                                            "computes them with 'model-b'; rerun with --sim_model "
+                                            "model-a, or --force"):
+        other.open(dict(enumerate(captions)))
+    assert save.read_bytes() == before
+    forced = ResultStore(save, _fake_similarity, "model-b")
+    forced.open(dict(enumerate(captions)), force=True)  # every kept entry will be redone
+    assert not any(forced.is_done(i) for i in range(3))
+
+
+def test_published_entries_count_as_the_published_encoder(tmp_path):
+    """The published file records no encoder: its similarities are paraphrase-MiniLM-L6-v2's."""
+    from platonic.captions.similarity import DEFAULT_MODEL
+
+    captions = _tricky_captions(2)
+    save = tmp_path / "data.json"
+    published.write(save, _old_entries(captions, model=None))
+    assert "similarity_model" not in save.read_text(encoding="utf-8")
+    ResultStore(save, _fake_similarity, DEFAULT_MODEL).open({0: captions[0], 2: "new"})
+    with pytest.raises(PlatonicError, match="from 'sentence-transformers/paraphrase-MiniLM-L6-v2', "
+                                            "this run computes them with 'offline'"):
+        ResultStore(save, _fake_similarity, "offline").open({2: "new"})

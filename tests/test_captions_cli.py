@@ -15,7 +15,7 @@ from fake_chat_server import FakeChatServer, scripted_captions
 
 from platonic.captions import published
 from platonic.captions.store import finished_indices, journal_path
-from platonic.errors import run_cli
+from platonic.errors import PlatonicError, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "perturbed" / "create_dataset.py"
@@ -145,6 +145,7 @@ def test_validate_finds_the_published_files_cut_captions(capsys):
     assert cut_line.endswith("4 entries: 17 (levels 1-7); 47 (levels 1, 7, 10); "
                              "128 (levels 1-10); 859 (levels 1-10)")
     assert "structure: ok" in out and "captions with line breaks (kept, not faults): 18" in out
+    assert "similarity model: sentence-transformers/paraphrase-MiniLM-L6-v2 in 1024" in out
     assert "Caption 10 - 100%" in out
 
 
@@ -159,3 +160,33 @@ def test_validate_reports_structural_errors_with_exit_1(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "entry 2 'sentences' must hold the 11 keys" in out
     assert "index 1 comes after index 2" in out
+
+
+def test_validate_flags_similarities_of_two_encoders(tmp_path, capsys):
+    entries = {i: published.CaptionEntry(i, f"orig {i}", tuple(f"c{i}.{k}" for k in range(10)),
+                                         (0.5,) * 10, model) for i, model in
+               enumerate(["offline", None, "offline"])}
+    published.write(tmp_path / "data.json", entries)
+    assert _cli_module().main(["--validate", str(tmp_path / "data.json")]) == 1
+    assert ("similarities from 2 encoders (offline in 2, sentence-transformers/paraphrase-MiniLM-"
+            "L6-v2 in 1)") in capsys.readouterr().out
+
+
+def test_fallback_encoder_is_not_mixed_into_published_similarities(tmp_path, monkeypatch):
+    """Offline, the default encoder falls back to 'offline': a resumed run must stop, not mix."""
+    from platonic.captions import similarity
+
+    monkeypatch.setattr(similarity, "DEFAULT_MODEL", str(tmp_path / "unreachable-model"))
+    captions = _captions_file(tmp_path / "c.jsonl", 3)
+    save = tmp_path / "data.json"
+    published.write(save, {0: published.CaptionEntry(0, captions[0], tuple(f"c{k}" for k in range(10)),
+                                                     (0.5,) * 10)})
+    before = save.read_bytes()
+    with FakeChatServer() as server:
+        with pytest.raises(PlatonicError, match="index 0 has similarities from 'sentence-transformers/"
+                                                "paraphrase-MiniLM-L6-v2', this run computes them "
+                                                "with 'offline'; rerun with --sim_model"):
+            _cli_module().main(["--base_url", server.base_url, "--captions_file",
+                                str(tmp_path / "c.jsonl"), "--save_path", str(save), "--device", "cpu",
+                                "--sim_model", str(tmp_path / "unreachable-model")])
+        assert server.requests == [] and save.read_bytes() == before

@@ -45,6 +45,31 @@ def test_pooling_and_loss_match_each_caption_alone(request, model_dir, side, cap
         assert avg.extras["bpb"][i].item() == pytest.approx(bits / len(text.encode("utf-8")), rel=1e-4)
 
 
+NON_ASCII_CAPTIONS = [
+    "Café crème brûlée à la française, über den Fluß.",
+    "東京の夜景と富士山。",
+    "A red circle.",
+    "Москва зимой: два больших синих квадрата.",
+    "Ein großer grüner Würfel — naïve façade, 北京.",
+]
+
+
+@pytest.mark.parametrize("model_dir", ["tiny_llama_dir", "tiny_gpt2_dir"])
+def test_bits_per_byte_divides_by_utf8_bytes(request, model_dir):
+    """Hand computation per caption: summed next-token losses in bits over its UTF-8 bytes."""
+    lm = language.load_language_model(_spec(request.getfixturevalue(model_dir)))
+    out = language.encode_texts(lm, NON_ASCII_CAPTIONS, "avg", batch_size=3)
+    for i, text in enumerate(NON_ASCII_CAPTIONS):
+        ids = lm.tokenizer(text)["input_ids"]
+        with torch.inference_mode():
+            logits = lm.model(input_ids=torch.tensor([ids])).logits[0].double()
+        nats = sum(-torch.log_softmax(logits[t], dim=-1)[ids[t + 1]].item() for t in range(len(ids) - 1))
+        num_bytes = len(text.encode("utf-8"))
+        assert num_bytes > len(text) or text.isascii()
+        assert out.extras["num_bytes"][i].item() == num_bytes
+        assert out.extras["bpb"][i].item() == pytest.approx(nats / math.log(2) / num_bytes, rel=1e-4)
+
+
 def test_encoder_has_no_loss(captions):
     from platonic.models import get_model
 

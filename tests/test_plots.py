@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from functools import partial
 
 import numpy as np
@@ -154,6 +155,38 @@ def test_bootstrap_is_seeded_and_ordered():
     first, second = bootstrap_mean_rho(levels, scores), bootstrap_mean_rho(levels, scores)
     assert first == second
     assert -1 <= first[0] <= first[1] <= 1
+
+
+def scipy_bootstrap_interval(levels, scores, n_boot, seed):
+    """The published percentile interval, by a plain loop: the same level draws, scipy's rho per
+    series, replicates with fewer than 3 distinct levels dropped, undefined rhos left out."""
+    draws = np.random.default_rng(seed).integers(0, len(levels), size=(n_boot, len(levels)))
+    means = []
+    for draw in draws:
+        if len(set(draw.tolist())) < 3:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scipy warns on a constant series (rho undefined)
+            rhos = [stats.spearmanr(levels[draw], row[draw]).statistic for row in scores]
+        rhos = [r for r in rhos if not np.isnan(r)]
+        if rhos:
+            means.append(np.mean(rhos))
+    return np.percentile(means, [2.5, 97.5])
+
+
+def test_bootstrap_interval_equals_a_plain_scipy_loop_over_the_same_draws():
+    levels = np.array([0, 10, 20, 40, 60, 80, 100], dtype=float)
+    rng = np.random.default_rng(3)
+    scores = np.array([0.6 - 0.002 * levels + 0.05 * rng.standard_normal(7),
+                       np.round(0.5 - 0.001 * levels + 0.08 * rng.standard_normal(7), 1),  # ties
+                       0.4 + 0.1 * rng.standard_normal(7),
+                       [0.5, 0.5, 0.5, 0.5, 0.5, 0.4, 0.4]])  # constant in many draws
+    steps = np.array([[0.5] * 6 + [0.3], [0.6] * 5 + [0.2] * 2])  # no rho in many draws
+    for series, n_boot, seed in [(scores, 300, 0), (scores, 500, 11), (steps, 400, 5)]:
+        interval = bootstrap_mean_rho(levels, series, n_boot=n_boot, seed=seed)
+        expected = scipy_bootstrap_interval(levels, series, n_boot, seed)
+        assert interval == pytest.approx(tuple(expected), abs=1e-12)
+        assert expected[0] < expected[1]
 
 
 def test_constant_bpb_gives_undefined_slopes(tmp_path):

@@ -23,7 +23,7 @@ from platonic.captions.client import (
     resolve_endpoint,
 )
 from platonic.captions.prompt import estimated_request_tokens, image_data_uri
-from platonic.captions.similarity import DEFAULT_MODEL, level_similarities, load_encoder
+from platonic.captions.similarity import DEFAULT_MODEL, load_encoder
 from platonic.captions.sources import CaptionSource
 from platonic.captions.store import ResultStore, failures_path, finished_indices
 from platonic.captions.validate import format_report, validate_file
@@ -171,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--start", type=int, default=0, help="first row")
     src.add_argument("--num_samples", type=int, default=None, help="rows from --start (all)")
     p.add_argument("--save_path", default="perturbed/data.json", help="output, published format")
-    p.add_argument("--force", action="store_true", help="redo captions already done")
+    p.add_argument("--force", action="store_true", help="redo captions already done (each old "
+                   "caption is kept until its replacement is saved)")
     api = p.add_argument_group("model and server")
     api.add_argument("--model", default="gpt-4o-mini", help="model name on the server")
     api.add_argument("--base_url", default=None, help="any OpenAI-compatible server "
@@ -198,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim = p.add_argument_group("similarities")
     sim.add_argument("--sim_model", default=DEFAULT_MODEL, help="sentence-transformers model: "
                      "Hub id, local folder, or 'offline' (the MiniLM shipped on PyPI); the "
-                     "default falls back to 'offline', with a note, when it cannot be loaded")
+                     "default falls back to 'offline', with a note, when it cannot be loaded; recorded "
+                     "with the similarities, and an output holding another model's is refused")
     sim.add_argument("--sim_batch_size", type=cli.positive_int, default=64,
                      help="sentences per embedding batch")
     cli.add_device_arg(sim, help="for the similarity model (default: auto)")
@@ -250,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         return _dry_run(source, args.save_path, args.force)
     encoder = load_encoder(args.sim_model, args.device)
-    store = ResultStore(args.save_path, lambda originals, rewrites: level_similarities(
-        encoder, originals, rewrites, args.sim_batch_size))
+    store = ResultStore(args.save_path, lambda originals, rewrites: encoder.similarities(
+        originals, rewrites, args.sim_batch_size), encoder.name)
     summary = generate(source, store, api_key, base_url, _policy(args), args.rpm,
                        args.num_workers, args.save_every, args.force)
     print(f"{args.save_path}: {summary.finished} captions generated, {summary.already_done} "

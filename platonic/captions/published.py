@@ -9,6 +9,10 @@ A JSON list ordered by index of
                  "similarities": [10 floats]}}
 where `similarities[k-1]` is the cosine similarity between level k and the original. The file
 is serialised as `json.dumps(entries, indent=4)`, byte for byte what the published file is.
+
+This project adds one key beside `similarities`, `"similarity_model"` (the sentence encoder that
+computed them), which the original's readers ignore: they take a level from `sentences` by the
+`- P%` of its key. An entry without it (the published file) is from paraphrase-MiniLM-L6-v2.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from platonic.storage import write_text
 
 NUM_LEVELS = 10
 ORIGINAL_KEY = "Caption 0 - 0%"
+MODEL_KEY = "similarity_model"
 _INDEX_KEY = re.compile(r"Index - (\d+)")
 _LEVEL_KEY = re.compile(r"Caption \d+ - (\d+)%")
 
@@ -49,12 +54,15 @@ class CaptionEntry:
     original: str
     captions: tuple[str, ...]
     similarities: tuple[float, ...]
+    similarity_model: str | None = None
 
     def to_json(self) -> dict:
         sentences = dict(zip(LEVEL_KEYS, self.captions, strict=True))
         sentences[ORIGINAL_KEY] = self.original
-        return {index_key(self.index): {"sentences": sentences,
-                                        "similarities": list(self.similarities)}}
+        body = {"sentences": sentences, "similarities": list(self.similarities)}
+        if self.similarity_model is not None:
+            body[MODEL_KEY] = self.similarity_model
+        return {index_key(self.index): body}
 
 
 def dumps(entries: dict[int, CaptionEntry]) -> str:
@@ -79,13 +87,17 @@ def entry_problem(item: object) -> str | None:
     key, body = next(iter(item.items()))
     if parse_index_key(key) is None:
         return f"has key {key!r}, not 'Index - i'"
-    if not isinstance(body, dict) or set(body) != {"sentences", "similarities"}:
-        return "must hold exactly 'sentences' and 'similarities'"
+    if not isinstance(body, dict) or not {"sentences", "similarities"} <= set(body) <= {
+            "sentences", "similarities", MODEL_KEY}:
+        return f"must hold 'sentences' and 'similarities' (and optionally {MODEL_KEY!r}), no more"
+    if not isinstance(body.get(MODEL_KEY, ""), str):
+        return f"{MODEL_KEY!r} must be a string"
     sentences, sims = body["sentences"], body["similarities"]
     if not isinstance(sentences, dict) or set(sentences) != set(SENTENCE_KEYS):
         return "'sentences' must hold the 11 keys 'Caption 0 - 0%' .. 'Caption 10 - 100%'"
-    if not all(isinstance(v, str) for v in sentences.values()):
-        return "'sentences' holds a value that is not a string"
+    not_text = next((k for k in SENTENCE_KEYS if not isinstance(sentences[k], str)), None)
+    if not_text is not None:
+        return f"caption {not_text!r} is not a string (got {type(sentences[not_text]).__name__})"
     if (not isinstance(sims, list) or len(sims) != NUM_LEVELS
             or not all(isinstance(s, int | float) and not isinstance(s, bool) for s in sims)):
         return f"'similarities' must be a list of {NUM_LEVELS} numbers"
@@ -98,7 +110,8 @@ def entry_from_json(item: dict) -> CaptionEntry:
     sentences = body["sentences"]
     return CaptionEntry(index=parse_index_key(key), original=sentences[ORIGINAL_KEY],
                         captions=tuple(sentences[k] for k in LEVEL_KEYS),
-                        similarities=tuple(float(s) for s in body["similarities"]))
+                        similarities=tuple(float(s) for s in body["similarities"]),
+                        similarity_model=body.get(MODEL_KEY))
 
 
 def load_json_list(path: str | os.PathLike) -> list:
@@ -158,7 +171,10 @@ def _levels_of(path: str | os.PathLike, key: str, sentences: dict) -> dict[int, 
     levels = {}
     for name, text in sentences.items():
         level = parse_level_key(name)
-        if level is None or not isinstance(text, str):
+        if level is None:
             raise PlatonicError(f"{path}: {key}: unexpected caption key {name!r}")
+        if not isinstance(text, str):
+            raise PlatonicError(f"{path}: {key}: caption {name!r} is not a string "
+                                f"(got {type(text).__name__} {text!r:.60})")
         levels[level] = text
     return levels

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from platonic.captions.quiet import hub_warnings_silenced
 from platonic.errors import PlatonicError
@@ -28,28 +30,44 @@ def _one_line(err: Exception) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}"
 
 
+@dataclass(frozen=True)
+class SimilarityEncoder:
+    """A loaded sentence-transformers model and the `--sim_model` value that loads it again.
+
+    `name` is recorded with every similarity it computes, so that one output never mixes the
+    similarities of two encoders (the fallback `offline` is named as such).
+    """
+
+    name: str
+    model: Any
+
+    def similarities(self, originals: Sequence[str], rewrites: Sequence[Sequence[str]],
+                     batch_size: int = 64) -> list[list[float]]:
+        return level_similarities(self.model, originals, rewrites, batch_size)
+
+
 def load_encoder(name: str = DEFAULT_MODEL, device: str | None = None,
-                 note: Callable[[str], None] = _note):
+                 note: Callable[[str], None] = _note) -> SimilarityEncoder:
     """A SentenceTransformer: a Hub id, a local folder, or `offline` (the PyPI MiniLM).
 
     Only the default model falls back, with a one-line note, to the offline MiniLM when it
     cannot be loaded (no network); its similarities are close to but not the published
-    model's. A model named explicitly must load.
+    model's, and the result is named `offline`. A model named explicitly must load.
     """
     from sentence_transformers import SentenceTransformer
 
     if name == OFFLINE_MODEL:
-        return SentenceTransformer(offline_model_path(), device=device)
+        return SimilarityEncoder(OFFLINE_MODEL, SentenceTransformer(offline_model_path(), device=device))
     try:
         with hub_warnings_silenced():
-            return SentenceTransformer(name, device=device)
+            return SimilarityEncoder(name, SentenceTransformer(name, device=device))
     except Exception as err:  # the Hub, the file system and the model code all raise their own
         if name != DEFAULT_MODEL:
             raise PlatonicError(f"cannot load sentence-transformers model {name!r}: "
                                 f"{_one_line(err)}") from None
         note(f"note: {name} could not be loaded ({_one_line(err)}); similarities use the "
              f"offline all-MiniLM-L6-v2 instead (--sim_model offline)")
-        return SentenceTransformer(offline_model_path(), device=device)
+        return SimilarityEncoder(OFFLINE_MODEL, SentenceTransformer(offline_model_path(), device=device))
 
 
 def level_similarities(encoder, originals: Sequence[str], rewrites: Sequence[Sequence[str]],

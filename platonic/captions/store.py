@@ -1,14 +1,18 @@
 """Where finished captions live, so that a killed run loses nothing and asks for nothing twice.
 
 Three files beside each other:
-  `data.json`           the published format, rewritten atomically after every batch;
+  `data.json`           the published format, rewritten atomically after every batch; each
+                        entry records the sentence encoder of its similarities, and a run whose
+                        encoder differs from the one of the entries it keeps is refused;
   `data.json.journal`   one JSON line per finished request, appended and fsynced the moment its
                         reply is validated, before the next one is asked for; a rerun folds
-                        it into `data.json` (similarities are computed then) and it is removed
-                        when the run ends;
+                        it into `data.json` (similarities are computed then, by that run's
+                        encoder) and it is removed when the run ends;
   `data.failures.json`  the captions that could not be generated, with the reason, rewritten
                         with every batch and removed when there are none.
-A finished index is one found in `data.json` or in the journal; a rerun never asks for it.
+A finished index is one found in `data.json` or in the journal and not in the failures file; a
+rerun never asks for it. A caption is never removed before its replacement is journaled: with
+`force`, or after a failed forced attempt, the old caption stays in `data.json` until then.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 from platonic.captions import published
 from platonic.captions.client import Failed
 from platonic.captions.published import CaptionEntry
+from platonic.captions.similarity import DEFAULT_MODEL as PUBLISHED_SIMILARITY_MODEL
 from platonic.errors import PlatonicError
 from platonic.storage import write_json, write_text
 
@@ -68,36 +73,49 @@ def _read_journal(path: Path) -> list[JournalRecord]:
 
 
 class ResultStore:
-    """The output file, its journal and its failures file, for one `save_path`."""
+    """The output file, its journal and its failures file, for one `save_path`.
 
-    def __init__(self, save_path: str | os.PathLike, similarity: SimilarityFn) -> None:
+    `similarity_model` names the encoder behind `similarity`; it is recorded in every entry.
+    """
+
+    def __init__(self, save_path: str | os.PathLike, similarity: SimilarityFn,
+                 similarity_model: str) -> None:
         self.save_path = Path(save_path)
         self.journal = journal_path(self.save_path)
         self.failures_file = failures_path(self.save_path)
         self.similarity = similarity
+        self.similarity_model = similarity_model
         self.entries: dict[int, CaptionEntry] = {}
         self.pending: dict[int, JournalRecord] = {}
         self.failures: dict[int, dict] = {}
+        self.redo: set[int] = set()
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
 
     def open(self, originals: dict[int, str], force: bool = False) -> None:
-        """Load what earlier runs finished; with `force`, forget it for the indices asked for."""
+        """Load what earlier runs finished; with `force`, redo the indices asked for.
+
+        Nothing is removed here: a caption to be redone (forced, or listed as failed by the last
+        run while an older caption of it is in the output) stays in the output until its
+        replacement is journaled. The journal is newer than the output, so its records win.
+        """
         self.save_path.parent.mkdir(parents=True, exist_ok=True)
         if self.save_path.exists():
             self.entries = published.read(self.save_path)
-        if force:
-            self.journal.unlink(missing_ok=True)
-            for index in originals:
-                self.entries.pop(index, None)
-            published.write(self.save_path, self.entries)
-            return
         for record in _read_journal(self.journal):
-            if record.index not in self.entries:
+            if not self._in_output(record):
                 self.pending[record.index] = record
-        self._check_same_originals(originals)
+        self.redo = set(originals) if force else {
+            i for i in _failed_indices(self.failures_file) if i in self.entries and i in originals}
+        self._check_same_originals({i: o for i, o in originals.items() if i not in self.redo})
+        self._check_same_similarity_model()
         self.flush()
         self.journal.unlink(missing_ok=True)
+
+    def _in_output(self, record: JournalRecord) -> bool:
+        entry = self.entries.get(record.index)
+        return (entry is not None and entry.original == record.original
+                and entry.captions == record.captions)
 
     def _check_same_originals(self, originals: dict[int, str]) -> None:
         done = {i: e.original for i, e in self.entries.items()}
@@ -107,8 +125,18 @@ class ResultStore:
                 raise PlatonicError(f"{self.save_path}: index {index} holds another original "
                                     "caption than the input's; use --force or another --save_path")
 
+    def _check_same_similarity_model(self) -> None:
+        """Refuse to add similarities of one encoder to a file whose kept entries hold another's."""
+        for index in sorted(set(self.entries) - self.redo):
+            theirs = self.entries[index].similarity_model or PUBLISHED_SIMILARITY_MODEL
+            if theirs != self.similarity_model:
+                raise PlatonicError(
+                    f"{self.save_path}: index {index} has similarities from {theirs!r}, this run "
+                    f"computes them with {self.similarity_model!r}; rerun with --sim_model "
+                    f"{theirs}, or --force over all its indices, or another --save_path")
+
     def is_done(self, index: int) -> bool:
-        return index in self.entries or index in self.pending
+        return index not in self.redo and (index in self.entries or index in self.pending)
 
     def record(self, index: int, original: str, captions: tuple[str, ...]) -> None:
         """Make a finished reply durable at once (append + fsync) before anything else."""
@@ -139,8 +167,9 @@ class ResultStore:
                     if batch else [])
             with self._lock:
                 for record, row in zip(batch, sims, strict=True):
-                    self.entries[record.index] = CaptionEntry(record.index, record.original,
-                                                              record.captions, tuple(row))
+                    self.entries[record.index] = CaptionEntry(
+                        record.index, record.original, record.captions, tuple(row),
+                        self.similarity_model)
                     del self.pending[record.index]
                 text = published.dumps(self.entries) if batch else None
                 failures = [self.failures[i] for i in sorted(self.failures)]
@@ -160,8 +189,19 @@ class ResultStore:
         self.journal.unlink(missing_ok=True)
 
 
+def _failed_indices(path: Path) -> set[int]:
+    """Indices the last run listed as failed (a missing file: none)."""
+    if not path.exists():
+        return set()
+    try:
+        return {int(item["index"]) for item in json.loads(path.read_text(encoding="utf-8"))}
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise PlatonicError(f"{path}: not a failures file ({err}); remove it to go on") from None
+
+
 def finished_indices(save_path: str | os.PathLike) -> set[int]:
-    """Indices an earlier run finished (output and journal), read without changing anything."""
+    """Indices an earlier run finished (output and journal, less the failed), read only."""
     save_path = Path(save_path)
     done = set(published.read(save_path)) if save_path.exists() else set()
+    done -= _failed_indices(failures_path(save_path))
     return done | {r.index for r in _read_journal(journal_path(save_path))}

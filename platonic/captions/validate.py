@@ -1,7 +1,8 @@
 """Check an existing caption file: structure, content faults, similarity summary per level.
 
 Structural errors (entries not in the format, indices out of order, repeated or missing,
-similarities that are not cosines) make the file unusable by the next stages. Content faults
+similarities that are not cosines or that come from more than one encoder) make the file
+unusable by the next stages. Content faults
 (empty, repeated or cut captions) leave it usable but the levels mean less than they say.
 """
 
@@ -10,13 +11,14 @@ from __future__ import annotations
 import math
 import os
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from platonic.captions import published
 from platonic.captions.checks import cut_prefixes, normalised
 from platonic.captions.published import CaptionEntry
+from platonic.captions.similarity import DEFAULT_MODEL
 
 MAX_LISTED = 20
 COSINE_SLACK = 1e-4
@@ -31,6 +33,7 @@ class FileReport:
     faults: dict[str, dict[int, list[int]]] = field(default_factory=lambda: defaultdict(dict))
     with_line_breaks: int = 0
     similarities: list[list[float]] = field(default_factory=lambda: [[] for _ in range(10)])
+    similarity_models: Counter = field(default_factory=Counter)
 
     @property
     def ok(self) -> bool:
@@ -100,8 +103,16 @@ def validate_file(path: str | os.PathLike) -> FileReport:
         for kind, levels in _entry_faults(entry).items():
             report.faults[kind][entry.index] = levels
         report.with_line_breaks += sum("\n" in t for t in (*entry.captions, entry.original))
+        report.similarity_models[entry.similarity_model or DEFAULT_MODEL] += 1
     _check_indices(report)
+    if len(report.similarity_models) > 1:
+        report.errors.append(f"similarities from {len(report.similarity_models)} encoders "
+                             f"({_models(report)}): levels are not comparable across entries")
     return report
+
+
+def _models(report: FileReport) -> str:
+    return ", ".join(f"{name} in {n}" for name, n in report.similarity_models.most_common())
 
 
 def _listed(values: list) -> str:
@@ -141,4 +152,6 @@ def format_report(report: FileReport) -> str:
         more = f"; ... ({len(found) - MAX_LISTED} more)" if len(found) > MAX_LISTED else ""
         lines.append(f"{kind}: {len(found)} entries" + (f": {detail}{more}" if found else ""))
     lines.append(f"captions with line breaks (kept, not faults): {report.with_line_breaks}")
+    if report.similarity_models:
+        lines.append(f"similarity model: {_models(report)}")
     return "\n".join(lines + _similarity_lines(report))
