@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -151,6 +153,29 @@ def test_failing_stage_is_named(study, driver_env, tmp_path):
     _, base, _ = study
     proc = _driver(driver_env, "--base_dir", str(base), "--root", str(study[0]), "--layer", "99")
     assert "stage 'performance' failed" in proc.stderr and "--layer 99 is out of range" in proc.stderr
+
+
+def test_interrupted_run_stops_cleanly_and_resumes(study, driver_env, tmp_path):
+    root, full_base, _ = study
+    base = tmp_path / "base"
+    command = ["bash", str(REPO / "mmimdb" / "run_mmimdb.sh"), "--root", str(root),
+               "--base_dir", str(base)]
+    proc = subprocess.Popen(command, env=driver_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while not list(base.glob("mmimdb_feat/**/*.safetensors")):
+        assert proc.poll() is None and time.monotonic() < deadline, "no feature file was written"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "during stage 'features'" in err, err[-2000:]
+    assert not list(base.rglob(".*.tmp")) and not (base / "mmimdb_performance").exists()
+    resumed = _driver(driver_env, "--root", str(root), "--base_dir", str(base))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert int(resumed.stdout.split("reused ")[1].split(",")[0]) >= 1
+    mine = load_result(alignment_file(Layout.at(base), "custom", "mutual_knn", TOPK))
+    reference = load_result(alignment_file(Layout.at(full_base), "custom", "mutual_knn", TOPK))
+    np.testing.assert_allclose(mine.scores, reference.scores, atol=0.02)
 
 
 def test_only_predictable_genre_wins(tmp_path, monkeypatch):
