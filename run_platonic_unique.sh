@@ -56,40 +56,11 @@ EOF
 
 OPTIONS=(BASE_DIR MODELSET DATASET SUBSET CAPTIONS LEVELS METRIC TOPK NULL NUM_SAMPLES DEVICE
   BATCH_SIZE PLOT_DIR RAY)
-LOCAL_RAY=local # --ray without a value: what `--ray` alone means to the Python stages
-GRACE_SECONDS=20 # how long a stopped stage may take to clean up before it is killed
+# Options whose value may be left out, and what they mean then: --ray alone, a local Ray instance.
+declare -A OPTIONAL_VALUES=([RAY]=local)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-STAGE=setup
-CHILD=
-
-die() {
-  echo "error: $*" >&2
-  exit 2
-}
-
-parse_args() {
-  local name value
-  while (($#)); do
-    [[ $1 == -h || $1 == --help ]] && { usage; exit 0; }
-    name=${1#--}
-    name=${name%%=*}
-    name=${name^^}
-    name=${name//-/_}
-    [[ $1 == --* && " ${OPTIONS[*]} " == *" $name "* ]] || die "unknown option $1 (see --help)"
-    if [[ $1 == *=* ]]; then
-      value=${1#*=}
-      shift
-    elif [[ $name == RAY && ($# -lt 2 || $2 == -*) ]]; then
-      value=$LOCAL_RAY
-      shift
-    else
-      (($# >= 2)) || die "$1 needs a value"
-      value=$2
-      shift 2
-    fi
-    printf -v "$name" '%s' "$value"
-  done
-}
+# shellcheck source=lib/stages.sh
+source "$ROOT/lib/stages.sh"
 
 # Levels as one explicit list and the dataset's default subset, from the library's own rules.
 RESOLVE='
@@ -105,26 +76,6 @@ def main(argv):
 run_cli(main, sys.argv[1:])
 '
 
-on_signal() {
-  trap '' INT TERM
-  echo "interrupted ($1) during stage '$STAGE': stopping it" >&2
-  [[ -n $CHILD ]] && stop_child
-  echo "finished outputs are kept; rerun the same command to resume" >&2
-  exit "$2"
-}
-
-# SIGINT to the stage's process group lets Python remove its temporary files; a stage that is
-# still running after GRACE_SECONDS is killed, and its temporary files are removed here.
-stop_child() {
-  kill -INT -- "-$CHILD" 2>/dev/null || return 0
-  (sleep "$GRACE_SECONDS" && kill -KILL -- "-$CHILD") 2>/dev/null &
-  local watchdog=$! rc=0
-  wait "$CHILD" 2>/dev/null || rc=$?
-  kill -KILL -- "-$watchdog" 2>/dev/null || true
-  wait "$watchdog" 2>/dev/null || true
-  if ((rc == 128 + 9)); then remove_temporary_files; fi
-}
-
 remove_temporary_files() {
   local dirs=()
   shopt -s nullglob
@@ -132,20 +83,6 @@ remove_temporary_files() {
   [[ -d $PLOT_DIR ]] && dirs+=("$PLOT_DIR")
   ((${#dirs[@]})) && find "${dirs[@]}" -type f -name '.*.tmp' -delete
   return 0
-}
-
-# run_stage NAME COMMAND...: run COMMAND as its own process group (job control), so that a
-# signal can stop all of it; exit with its status, naming the stage, if it fails.
-run_stage() {
-  STAGE=$1
-  shift
-  echo "== $STAGE: ${*@Q}" >&2
-  "$@" &
-  CHILD=$!
-  local rc=0
-  wait "$CHILD" || rc=$?
-  CHILD=
-  ((rc == 0)) || { echo "error: stage '$STAGE' failed (exit $rc)" >&2; exit "$rc"; }
 }
 
 extract() {
@@ -246,8 +183,6 @@ main() {
   report
 }
 
-set -m # every stage in its own process group
-trap 'on_signal INT 130' INT
-trap 'on_signal TERM 143' TERM
+install_signal_handlers
 trap 'rm -f "${SCRATCH:-}" "${STAMP_TMP:-}"' EXIT
 main "$@"

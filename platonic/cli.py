@@ -75,9 +75,12 @@ def add_levels_arg(parser: ArgumentTarget, help: str = "", parsed_default: bool 
         parser.add_argument("--levels", default=None, help=text)
 
 
-def add_modelset_arg(parser: ArgumentTarget) -> None:
-    parser.add_argument("--modelset", default="val",
-                        help=f"model set naming the models: one of {', '.join(model_set_names())}")
+def add_modelset_arg(parser: ArgumentTarget, default: str = "val",
+                     names: list[str] | None = None) -> None:
+    """--modelset; `names` lists a study's own sets (default: the registry's)."""
+    parser.add_argument("--modelset", default=default,
+                        help=f"model set naming the models: one of "
+                             f"{', '.join(names or model_set_names())}")
 
 
 def add_side_args(parser: ArgumentTarget) -> None:

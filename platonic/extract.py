@@ -8,6 +8,8 @@ still have their recorded content hash; a model is loaded only if one of its fil
 killed at any point and started again does only the missing work. Language levels are written
 one by one as they finish; captions repeated across levels are encoded once. Vision features do
 not depend on the level: they are encoded once and hard-linked (or copied) into every level.
+A "level" may also be a named part of a dataset (a split such as "test", as in the MM-IMDb
+study): its folder is then named after it (see `platonic.storage.level_dir`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from platonic.level_sources import file_levels, rule_levels
 from platonic.levels import parse_levels
 from platonic.models import LANGUAGE, MODEL_SETS, VISION, ModelSpec, get_model, get_models
 from platonic.noise import add_noise
-from platonic.storage import atomic_path, level_dir, sha256_of
+from platonic.storage import Level, atomic_path, level_dir, sha256_of
 
 STORAGE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 VISION_POOL = "cls"
@@ -62,6 +64,7 @@ class Settings:
     noise_seed: int = 0
     max_length: int | None = None
     padding_side: str = "right"
+    next_token_loss: bool = True  # False: no language-model head, no loss / bits per byte
 
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -94,7 +97,7 @@ class RunStats:
     seconds: float = 0.0
 
 
-def _output_path(settings: Settings, level: int | None, model_id: str, pool: str) -> Path:
+def _output_path(settings: Settings, level: Level, model_id: str, pool: str) -> Path:
     return feature_path(level_dir(settings.output_dir, level), settings.dataset, settings.subset,
                         model_id, pool)
 
@@ -113,7 +116,7 @@ def _is_current(path: Path, fingerprint: str, force: bool) -> bool:
     return True
 
 
-def _base_meta(spec: ModelSpec, settings: Settings, pool: str, level: int | None,
+def _base_meta(spec: ModelSpec, settings: Settings, pool: str, level: Level,
                num_params: int, fingerprint: str, extra: dict[str, Any]) -> dict[str, Any]:
     return {
         "model": spec.id, "modality": spec.modality, "family": spec.family, "size": spec.size,
@@ -125,7 +128,7 @@ def _base_meta(spec: ModelSpec, settings: Settings, pool: str, level: int | None
     }
 
 
-def _check_finite(feats: torch.Tensor, model_id: str, level: int | None, rows: list[int],
+def _check_finite(feats: torch.Tensor, model_id: str, level: Level, rows: list[int],
                   dtype: str) -> None:
     """`feats` as they will be written (already in the storage dtype: a finite float32 value
     can overflow to inf in float16)."""
@@ -148,10 +151,11 @@ def language_fingerprint(spec: ModelSpec, settings: Settings, texts: list[str],
         "storage_dtype": settings.dtype, "compute_dtype": str(settings.compute_dtype),
         "max_length": settings.max_length, "qlora": settings.qlora,
         "padding_side": settings.padding_side,
+        **({} if settings.next_token_loss else {"next_token_loss": False}),
     })
 
 
-def extract_language(spec: ModelSpec, texts_by_level: dict[int | None, list[str]], settings: Settings,
+def extract_language(spec: ModelSpec, texts_by_level: dict[Level, list[str]], settings: Settings,
                      stats: RunStats, loader: Callable[..., language.LanguageModel] | None = None) -> None:
     """Features of one language model at every level, with a single model load."""
     if settings.pool not in ("avg", "last"):
@@ -174,7 +178,7 @@ def extract_language(spec: ModelSpec, texts_by_level: dict[int | None, list[str]
     _encode_levels(lm, spec, {lv: texts_by_level[lv] for lv in todo}, todo, settings, stats)
 
 
-def _last_use(texts_by_level: dict[int | None, list[str]]) -> dict[str, int]:
+def _last_use(texts_by_level: dict[Level, list[str]]) -> dict[str, int]:
     last: dict[str, int] = {}
     for step, texts in enumerate(texts_by_level.values()):
         for text in texts:
@@ -182,8 +186,8 @@ def _last_use(texts_by_level: dict[int | None, list[str]]) -> dict[str, int]:
     return last
 
 
-def _encode_levels(lm: language.LanguageModel, spec: ModelSpec, texts_by_level: dict[int | None, list[str]],
-                   todo: dict[int | None, tuple[Path, str]], settings: Settings, stats: RunStats) -> None:
+def _encode_levels(lm: language.LanguageModel, spec: ModelSpec, texts_by_level: dict[Level, list[str]],
+                   todo: dict[Level, tuple[Path, str]], settings: Settings, stats: RunStats) -> None:
     """Encode level by level, writing each at once; a caption seen before is not encoded again."""
     memo: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
     last_use = _last_use(texts_by_level)
@@ -191,7 +195,8 @@ def _encode_levels(lm: language.LanguageModel, spec: ModelSpec, texts_by_level: 
         new = list(dict.fromkeys(t for t in texts if t not in memo))
         if new:
             out = language.encode_texts(lm, new, settings.pool, settings.batch_size,
-                                        settings.max_length, desc=f"level {level}")
+                                        settings.max_length, desc=f"level {level}",
+                                        next_token_loss=settings.next_token_loss)
             stats.forward_passes[spec.id] += out.forward_passes
             stats.real_tokens += out.real_tokens
             stats.padded_tokens += out.padded_tokens
@@ -202,7 +207,7 @@ def _encode_levels(lm: language.LanguageModel, spec: ModelSpec, texts_by_level: 
         extras = {k: torch.stack([memo[t][1][k] for t in texts]) for k in memo[texts[0]][1]}
         path, fingerprint = todo[level]
         meta = _base_meta(spec, settings, settings.pool, level, lm.num_params, fingerprint, {
-            "texts_sha256": texts_fingerprint(texts), "has_loss": lm.causal,
+            "texts_sha256": texts_fingerprint(texts), "has_loss": lm.causal and settings.next_token_loss,
             "max_length": settings.max_length})
         save_features(path, feats, meta, extras)
         stats.written.append(path)
@@ -240,7 +245,7 @@ def link_or_copy(source: Path, target: Path) -> None:
             shutil.copyfile(source, tmp)
 
 
-def extract_vision(spec: ModelSpec, images: list[Image.Image], images_sha: str, levels: list[int | None],
+def extract_vision(spec: ModelSpec, images: list[Image.Image], images_sha: str, levels: list[Level],
                    settings: Settings, stats: RunStats) -> None:
     """Features of one vision model, encoded once and placed in every level's folder."""
     fingerprint = vision_fingerprint(spec, settings, images_sha)
@@ -276,7 +281,7 @@ def _encode_vision(spec: ModelSpec, images: list[Image.Image], images_sha: str, 
 # ---- a whole run ------------------------------------------------------------------------------
 
 def run_extraction(language_specs: list[ModelSpec], vision_specs: list[ModelSpec],
-                   texts_by_level: dict[int | None, list[str]], images: list[Image.Image],
+                   texts_by_level: dict[Level, list[str]], images: list[Image.Image],
                    settings: Settings) -> RunStats:
     """Extract every model at every level; language levels share one load, images one pass."""
     stats = RunStats()
@@ -334,7 +339,7 @@ def select_models(modelset: str, model_ids: list[str] | None, modality: str) -> 
 
 def texts_by_level(data: PairedData, levels: list[int] | None, json_perturbations: str | None = None,
                    text_operations: list[str] | None = None, seed: int = 0,
-                   allow_caption_mismatch: bool = False) -> dict[int | None, list[str]]:
+                   allow_caption_mismatch: bool = False) -> dict[Level, list[str]]:
     """Captions for each requested level (None: the dataset's own captions, no levels).
 
     A caption file must match the dataset at level 0 unless `allow_caption_mismatch`.

@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -271,8 +271,9 @@ def _forward(lm: LanguageModel, token_ids: list[list[int]], pool: str, width: in
     inputs = {k: v.to(lm.device) for k, v in batch.items()}
     if side == "right":
         inputs.pop("position_ids")
+    model = lm.model if lm.causal else lm.model.base_model  # no vocabulary-sized head unless needed
     with torch.inference_mode():
-        out = lm.model(**inputs, output_hidden_states=True)
+        out = model(**inputs, output_hidden_states=True)
     hidden = torch.stack(out.hidden_states, dim=1).float()
     pooled = pool_hidden(hidden, inputs["attention_mask"], pool).cpu()
     if not lm.causal:
@@ -298,8 +299,12 @@ def _forward_splitting(lm: LanguageModel, token_ids: list[list[int]], pool: str,
 
 
 def encode_texts(lm: LanguageModel, texts: list[str], pool: str = "avg", batch_size: int = 32,
-                 max_length: int | None = None, desc: str = "captions") -> TextFeatures:
-    """Per-layer pooled features of every text, and loss / bits per byte for causal models."""
+                 max_length: int | None = None, desc: str = "captions",
+                 next_token_loss: bool = True) -> TextFeatures:
+    """Per-layer pooled features of every text, and loss / bits per byte for causal models
+    (unless `next_token_loss` is False: then only the base model runs, without its head)."""
+    if not next_token_loss:
+        lm = replace(lm, causal=False)
     token_ids = tokenize(lm, texts, max_length)
     lengths = [len(ids) for ids in token_ids]
     feats: list[torch.Tensor | None] = [None] * len(texts)

@@ -34,7 +34,7 @@ from platonic.results import (
     load_result,
     save_result,
 )
-from platonic.storage import level_dir, sha256_of
+from platonic.storage import Level, level_dir, sha256_of
 
 
 @dataclass
@@ -153,7 +153,7 @@ class LevelPlan:
     """One level's result file, its inputs, the pairs reusable from the last result and the
     pairs still to score (x index -> y indices)."""
 
-    level: int | None
+    level: Level
     out: Path
     paths_x: list[Path]
     paths_y: list[Path]
@@ -165,7 +165,7 @@ class LevelPlan:
     up_to_date: bool  # the result at `out` holds exactly these models from these files
 
 
-def plan_level(args: argparse.Namespace, x: Side, y: Side, level: int | None) -> LevelPlan:
+def plan_level(args: argparse.Namespace, x: Side, y: Side, level: Level) -> LevelPlan:
     in_dir, out_dir = level_dir(args.input_dir, level), level_dir(args.output_dir, level)
     paths_x, paths_y = feature_files(args, x, in_dir), feature_files(args, y, in_dir)
     missing = [str(p) for p in [*paths_x, *paths_y] if not p.exists()]
@@ -207,7 +207,7 @@ def score_locally(plan: LevelPlan, args: argparse.Namespace,
     kernels_y: dict[int, LayerKernels] = {}
     scored: dict[tuple[int, int], PairScore] = {}
     level = plan.level
-    desc = f"{args.metric} u={level}" if level is not None else args.metric
+    desc = args.metric if level is None else f"{args.metric} {level_dir('', level)}"
     with tqdm(total=sum(map(len, plan.todo.values())), desc=desc, unit="pair") as bar:
         for i, js in plan.todo.items():
             kx = load_kernels(plan.paths_x[i], device, args.precise)
@@ -249,7 +249,7 @@ def write_level(plan: LevelPlan, args: argparse.Namespace, x: Side, y: Side,
     return plan.out
 
 
-def measure_level(args: argparse.Namespace, x: Side, y: Side, level: int | None,
+def measure_level(args: argparse.Namespace, x: Side, y: Side, level: Level,
                   device: torch.device) -> Path:
     plan = plan_level(args, x, y, level)
     if plan.up_to_date:

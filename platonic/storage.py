@@ -14,6 +14,9 @@ from typing import Any
 from platonic.errors import PlatonicError
 
 LEVEL_PLACEHOLDER = "{}"
+# What one feature or alignment folder is for: a uniqueness level (int), a named part of a
+# dataset such as a split ("test"), or neither (None).
+Level = int | str | None
 CACHE_ENV = "PLATONIC_CACHE"
 
 
@@ -86,11 +89,12 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def level_dir(template: str | os.PathLike, level: int | None) -> Path:
-    """Directory for one uniqueness level.
+def level_dir(template: str | os.PathLike, level: Level) -> Path:
+    """Directory for one uniqueness level, or for one named part of a dataset (a split).
 
     `template` may hold `{}` for the level (`BASE/gpt_u={}_features`, as in the original README).
-    Without `{}`, a level gets its own sub-folder `u=<level>`; `level=None` means no levels.
+    Without `{}`, a level gets its own sub-folder `u=<level>` and a named part (`"test"`) a
+    sub-folder of its name; `level=None` means no levels.
     """
     template = str(template)
     if LEVEL_PLACEHOLDER in template:
@@ -98,7 +102,9 @@ def level_dir(template: str | os.PathLike, level: int | None) -> Path:
             raise PlatonicError(f"directory template {template!r} needs a uniqueness level for "
                                 "its '{}' (--levels, or level= in the API)")
         return Path(template.replace(LEVEL_PLACEHOLDER, str(level)))
-    return Path(template) if level is None else Path(template) / f"u={level}"
+    if level is None:
+        return Path(template)
+    return Path(template) / (level if isinstance(level, str) else f"u={level}")
 
 
 def model_slug(model_id: str) -> str:

@@ -28,7 +28,7 @@ def fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def _ci(low: float, high: float) -> str:
+def format_ci(low: float, high: float) -> str:
     if math.isnan(low) or math.isnan(high):
         return UNDEFINED
     return f"[{fmt(low)}, {fmt(high)}]"
@@ -46,7 +46,7 @@ def render_summary(study: Study, summary: StudySummary,
     spec = study.spec
     overall = (f"Overall Spearman rho of alignment vs uniqueness (mean over model pairs per level): "
                f"**{fmt(summary.overall_rho)}**, 95% bootstrap CI "
-               f"{_ci(*summary.overall_ci)}")
+               f"{format_ci(*summary.overall_ci)}")
     parts = [
         f"# Alignment vs caption uniqueness: {spec.metric} (k={spec.topk})",
         f"Dataset {spec.dataset} {spec.subset or ''}, model set {spec.modelset}, "
@@ -63,7 +63,7 @@ def render_summary(study: Study, summary: StudySummary,
         "of alignment on language performance (-bits per byte), averaged over sizes and the "
         f"panel levels {join_values(summary.panel_levels)}.",
         markdown_table(["family", "sizes", "mean rho", "95% CI", "mean slope"],
-                       [[r.family, str(r.n_sizes), fmt(r.mean_rho), _ci(r.ci_low, r.ci_high),
+                       [[r.family, str(r.n_sizes), fmt(r.mean_rho), format_ci(r.ci_low, r.ci_high),
                          fmt(r.mean_slope)] for r in summary.families.itertuples()]),
         *_slope_sections(study, summary),
         *_chance_sections(summary),

@@ -1,0 +1,7 @@
+"""CLIP finetuning on one MM-IMDb genre with a contrastive-weight sweep (Hydra + Lightning + Ray).
+
+loss (InfoNCE + supervised), towers (registry of text and image towers), module (Lightning),
+data (Lightning data module on platonic.mmimdb), train (one run: train, evaluate, export, align),
+summary (sweep CSV and plot). The Ray launcher with a cap on jobs in flight is a Hydra plugin:
+hydra_plugins/platonic_ray_launcher.
+"""

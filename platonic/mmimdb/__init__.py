@@ -1,0 +1,1 @@
+"""The MM-IMDb alignment-performance study: data, probes, alignment and correlation plots."""

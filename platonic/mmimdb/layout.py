@@ -1,0 +1,66 @@
+"""Where each stage of the MM-IMDb study reads and writes, under one base folder.
+
+    BASE/mmimdb_ids/<split>.json                     the movies of each split (ids, texts, genres)
+    BASE/mmimdb_feat/<split>/mmimdb/<model>_pool-*.safetensors   features (vision: test only)
+    BASE/mmimdb_performance/<model>/test_perf.json   probe results (+ best_classifier.safetensors)
+    BASE/mmimdb_align/test/...                       alignment results of the engine
+    BASE/mmimdb_plots/                               figures, correlation.csv, summary.md
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from platonic.features import feature_path
+from platonic.models import LANGUAGE
+from platonic.storage import level_dir, model_slug
+
+FEATURE_DATASET = "mmimdb"
+LANGUAGE_POOL, VISION_POOL = "avg", "cls"
+ALIGNMENT_SPLIT = "test"
+PERF_FILE = "test_perf.json"
+WEIGHTS_FILE = "best_classifier.safetensors"
+
+
+@dataclass(frozen=True)
+class Layout:
+    base: Path
+
+    @classmethod
+    def at(cls, base: str | os.PathLike) -> Layout:
+        return cls(Path(base))
+
+    @property
+    def ids_dir(self) -> Path:
+        return self.base / "mmimdb_ids"
+
+    @property
+    def feat_dir(self) -> Path:
+        return self.base / "mmimdb_feat"
+
+    @property
+    def perf_dir(self) -> Path:
+        return self.base / "mmimdb_performance"
+
+    @property
+    def align_dir(self) -> Path:
+        return self.base / "mmimdb_align"
+
+    @property
+    def plot_dir(self) -> Path:
+        return self.base / "mmimdb_plots"
+
+    def selection(self, split: str) -> Path:
+        return self.ids_dir / f"{split}.json"
+
+    def features(self, split: str, model_id: str, modality: str) -> Path:
+        pool = LANGUAGE_POOL if modality == LANGUAGE else VISION_POOL
+        return feature_path(level_dir(self.feat_dir, split), FEATURE_DATASET, None, model_id, pool)
+
+    def performance(self, model_id: str) -> Path:
+        return self.perf_dir / model_slug(model_id) / PERF_FILE
+
+    def weights(self, model_id: str) -> Path:
+        return self.perf_dir / model_slug(model_id) / WEIGHTS_FILE

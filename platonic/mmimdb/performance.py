@@ -1,0 +1,175 @@
+"""The performance stage: one grid probe per language model, from its feature files to
+`test_perf.json` (JSON) and `best_classifier.safetensors` (weights).
+
+A result is reused only when its cache key matches: the probe version, the layer, the grid,
+epochs, batch size, seed, the task (multi-label, or binary `class_idx`), the content hashes of
+the three feature files and the labels. Rows of a feature file must be the movies of the saved
+selection (checked through the texts' fingerprint), so labels can never be misaligned.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from platonic.errors import PlatonicError
+from platonic.features import FEATS, read_meta
+from platonic.fingerprints import texts_fingerprint
+from platonic.mmimdb.dataset import SPLITS, Selection, read_selection
+from platonic.mmimdb.genres import GENRES, binary_label, check_class_idx, label_matrix
+from platonic.mmimdb.layout import Layout
+from platonic.mmimdb.probe import (
+    DEFAULT_CONFIG,
+    ProbeConfig,
+    binary_metrics,
+    multilabel_metrics,
+    predict,
+    train_grid,
+)
+from platonic.models import LANGUAGE
+from platonic.storage import atomic_path, read_json, sha256_of, write_json
+
+PROBE_VERSION = 1
+SELECTION_SPLIT, REPORT_SPLIT = "dev", "test"
+
+
+@dataclass
+class SplitData:
+    x: torch.Tensor  # [N, D] float32, the chosen layer
+    y: torch.Tensor  # [N, C] float32
+    feature_sha256: str
+    num_layers: int
+    path: Path
+
+
+def resolve_layer(layer: int, num_layers: int, where: str) -> int:
+    """A Python-style layer index (-1 = last hidden state) as 0..L-1, or a one-line error."""
+    if not -num_layers <= layer < num_layers:
+        raise PlatonicError(f"{where}: --layer {layer} is out of range for its {num_layers} "
+                            f"layers ({-num_layers}..{num_layers - 1})")
+    return layer % num_layers
+
+
+def task_labels(selection: Selection, class_idx: int | None) -> np.ndarray:
+    """[N, 23] multi-hot labels in GENRES order, or [N, 1] binary labels of GENRES[class_idx]."""
+    if class_idx is None:
+        return label_matrix(m.genres for m in selection.movies)[0]
+    return np.array([[binary_label(m.genres, class_idx)] for m in selection.movies], dtype=np.float32)
+
+
+def load_split(layout: Layout, model_id: str, split: str, layer: int,
+               class_idx: int | None) -> SplitData:
+    """One split's features at `layer` and its labels, checked to be the same movies in order."""
+    path = layout.features(split, model_id, LANGUAGE)
+    if not path.exists():
+        raise PlatonicError(f"model {model_id}: {split} features {path} are missing; run "
+                            "mmimdb/extract_features.py first")
+    selection = read_selection(layout.selection(split))
+    meta = read_meta(path)
+    expected = texts_fingerprint([m.text for m in selection.movies])
+    if meta.get("texts_sha256") != expected:
+        raise PlatonicError(f"{path} was made from other {split} plots than "
+                            f"{layout.selection(split)}; rerun mmimdb/extract_features.py")
+    num_layers = int(meta["num_layers"])
+    index = resolve_layer(layer, num_layers, str(path))
+    y = torch.from_numpy(task_labels(selection, class_idx))
+    return SplitData(read_layer(path, index), y, meta["content_sha256"], num_layers, path)
+
+
+def read_layer(path: Path, index: int) -> torch.Tensor:
+    """One layer [N, D] of a feature file as float32, read alone (a 65B model's file holds 81)."""
+    with safe_open(str(path), framework="pt") as f:
+        x = f.get_slice(FEATS)[:, index].float()
+    if not torch.isfinite(x).all():
+        raise PlatonicError(f"{path}: NaN or inf in layer {index}")
+    return x
+
+
+def cache_key(config: ProbeConfig, layer: int, class_idx: int | None,
+              data: dict[str, SplitData]) -> str:
+    return sha256_of({
+        "probe": PROBE_VERSION, "layer": layer, "class_idx": class_idx, **asdict(config),
+        "features": {split: d.feature_sha256 for split, d in data.items()},
+        "labels": {split: d.y.numpy().tobytes().hex() for split, d in data.items()},
+    })
+
+
+def is_current(layout: Layout, model_id: str, key: str) -> bool:
+    path, weights = layout.performance(model_id), layout.weights(model_id)
+    if not (path.exists() and weights.exists()):
+        return False
+    try:
+        return read_json(path).get("cache_key") == key
+    except (OSError, ValueError):
+        return False
+
+
+def run_probe(layout: Layout, model_id: str, config: ProbeConfig = DEFAULT_CONFIG, layer: int = -1,
+              class_idx: int | None = None, device: str = "cpu", force: bool = False) -> bool:
+    """Probe one language model unless its result is current; True if it trained."""
+    if class_idx is not None:
+        class_idx = check_class_idx(class_idx)
+    data = {split: load_split(layout, model_id, split, layer, class_idx) for split in SPLITS}
+    key = cache_key(config, layer, class_idx, data)
+    if not force and is_current(layout, model_id, key):
+        return False
+    started = time.perf_counter()
+    train, dev, test = (data[s] for s in SPLITS)
+    grid = train_grid(train.x.to(device), train.y.to(device), dev.x.to(device), dev.y.to(device),
+                      config, desc=model_id)
+    chosen = grid.chosen
+    weight, bias = grid.weight[chosen], grid.bias[chosen]
+    pred = predict(weight, bias, test.x)
+    names = list(GENRES) if class_idx is None else [GENRES[class_idx]]
+    metrics = (multilabel_metrics(pred, test.y.numpy(), names) if class_idx is None
+               else binary_metrics(pred, test.y.numpy(), names[0]))
+    lr, wd = grid.settings[chosen]
+    result: dict[str, Any] = {
+        "model": model_id, "task": "multilabel" if class_idx is None else "binary",
+        "class_idx": class_idx, "genres": names, "layer": layer,
+        "layer_index": resolve_layer(layer, train.num_layers, str(train.path)),
+        "num_layers": train.num_layers,
+        "lr": lr, "wd": wd, "epoch": int(grid.best_epoch[chosen]),
+        "dev_f1": float(grid.best_dev_f1[chosen]),
+        "selection": f"best epoch, then best (lr, wd), by {SELECTION_SPLIT} "
+                     + ("macro F1" if class_idx is None else "positive-class F1"),
+        **metrics,
+        "grid": [{"lr": s[0], "wd": s[1], "best_dev_f1": float(f), "best_epoch": int(e)}
+                 for s, f, e in zip(grid.settings, grid.best_dev_f1, grid.best_epoch, strict=True)],
+        "num_samples": {split: int(d.x.shape[0]) for split, d in data.items()},
+        "feature_files": {split: str(d.path) for split, d in data.items()},
+        "config": asdict(config), "cache_key": key,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    _save_weights(layout.weights(model_id), weight, bias, result)
+    write_json(layout.performance(model_id), result)
+    return True
+
+
+def _save_weights(path: Path, weight: torch.Tensor, bias: torch.Tensor, result: dict) -> None:
+    """The chosen classifier as nn.Linear's state dict ([C, D] weight, [C] bias)."""
+    meta = {k: result[k] for k in ("model", "task", "class_idx", "genres", "layer", "lr", "wd",
+                                   "epoch", "cache_key")}
+    with atomic_path(path) as tmp:
+        save_file({"weight": weight.T.contiguous(), "bias": bias.contiguous()}, str(tmp),
+                  metadata={"platonic": json.dumps(meta)})
+
+
+def read_performance(layout: Layout, model_id: str) -> dict[str, Any]:
+    """A model's test_perf.json, or a one-line error saying which stage to run."""
+    path = layout.performance(model_id)
+    try:
+        return read_json(path)
+    except FileNotFoundError as err:
+        raise PlatonicError(f"model {model_id}: {path} is missing; run mmimdb/train_linear.py "
+                            "first") from err
+    except (OSError, ValueError) as err:
+        raise PlatonicError(f"{path} is not readable JSON: {err}") from err
