@@ -33,6 +33,9 @@ Each option may also be given as an environment variable of the same name in cap
   --epochs N           probe epochs (default: 100)
   --metric NAME        alignment metric (default: mutual_knn)
   --topk K             neighbours for kNN metrics (default: 10)
+  --ray [ADDRESS]      run features, probes and alignment as Ray tasks: 'auto' joins the running
+                       cluster (after `ray start`), host:port joins that one, no value starts a
+                       local Ray instance; see README "Running on a Ray cluster"
   -h, --help           this text
 
 Environment only: PYTHON, the interpreter used when .venv/bin/python (made by setup.sh) is
@@ -44,7 +47,10 @@ The paper's setting (needs network and a GPU):
 EOF_USAGE
 }
 
-OPTIONS=(MMIMDB_ROOT BASE_DIR MODELSET NUM_SAMPLES SEED DEVICE BATCH_SIZE LAYER EPOCHS METRIC TOPK)
+OPTIONS=(MMIMDB_ROOT BASE_DIR MODELSET NUM_SAMPLES SEED DEVICE BATCH_SIZE LAYER EPOCHS METRIC TOPK
+  RAY)
+# Options whose value may be left out, and what they mean then: --ray alone, a local Ray instance.
+declare -A OPTIONAL_VALUES=([RAY]=local)
 declare -A ALIASES=([ROOT]=MMIMDB_ROOT)
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$HERE")
@@ -69,17 +75,21 @@ main() {
   EPOCHS=${EPOCHS:-100}
   METRIC=${METRIC:-mutual_knn}
   TOPK=${TOPK:-10}
+  RAY=${RAY:-}
   if [[ -x $REPO/.venv/bin/python ]]; then PY=$REPO/.venv/bin/python; else PY=${PYTHON:-python}; fi
   [[ $MODELSET == demo ]] && export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
   local common=(--base_dir "$BASE_DIR" --modelset "$MODELSET")
   [[ -n $DEVICE ]] && common+=(--device "$DEVICE")
+  local on_ray=()
+  [[ -n $RAY ]] && on_ray=(--ray "$RAY")
   local extract=(--num_samples "$NUM_SAMPLES" --seed "$SEED" --batch_size "$BATCH_SIZE")
   [[ -n $MMIMDB_ROOT ]] && extract+=(--root "$MMIMDB_ROOT")
-  run_stage features "$PY" "$HERE/extract_features.py" "${common[@]}" "${extract[@]}"
+  run_stage features "$PY" "$HERE/extract_features.py" "${common[@]}" "${extract[@]}" \
+    "${on_ray[@]}"
   run_stage performance "$PY" "$HERE/train_linear.py" "${common[@]}" --layer "$LAYER" \
-    --epochs "$EPOCHS" --seed "$SEED"
+    --epochs "$EPOCHS" --seed "$SEED" "${on_ray[@]}"
   run_stage alignment "$PY" "$HERE/measure_alignment.py" "${common[@]}" --metric "$METRIC" \
-    --topk "$TOPK"
+    --topk "$TOPK" "${on_ray[@]}"
   run_stage plots "$PY" "$HERE/plot_alignment.py" "${common[@]}" --metric "$METRIC" --topk "$TOPK"
   echo
   echo "== done"

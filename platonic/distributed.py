@@ -64,6 +64,7 @@ from platonic.measure import (
     write_level,
 )
 from platonic.models import LANGUAGE, ModelSpec
+from platonic.storage import Level
 
 GIB = 1024**3
 DEFAULT_GPU_MEMORY_GB = 80.0
@@ -225,16 +226,17 @@ def remove_stale_temporaries(paths: list[Path]) -> None:
 
 # ---- extraction -------------------------------------------------------------------------------
 
-def extract_model(spec: ModelSpec, texts_by_level: dict[int | None, list[str]],
-                  images: list[Image.Image], images_sha: str, settings: Settings,
-                  requested_device: str | None) -> RunStats:
-    """One model at every level, on this task's device (the body of an extraction task)."""
+def extract_model(spec: ModelSpec, texts_by_level: dict[Level, list[str]],
+                  images: list[Image.Image], images_sha: str, vision_levels: list[Level],
+                  settings: Settings, requested_device: str | None) -> RunStats:
+    """One model at every level (a vision model at `vision_levels`), on this task's device
+    (the body of an extraction task)."""
     settings = dataclasses.replace(settings, device=task_device(requested_device))
     stats = RunStats()
     if spec.modality == LANGUAGE:
         extract_language(spec, texts_by_level, settings, stats)
     else:
-        extract_vision(spec, images, images_sha, list(texts_by_level), settings, stats)
+        extract_vision(spec, images, images_sha, vision_levels, settings, stats)
     return stats
 
 
@@ -248,19 +250,22 @@ def merge_stats(total: RunStats, part: RunStats) -> None:
     total.reused.extend(part.reused)
 
 
-def extraction_outputs(spec: ModelSpec, levels: list[int | None], settings: Settings) -> list[Path]:
+def extraction_outputs(spec: ModelSpec, levels: list[Level], settings: Settings) -> list[Path]:
     pool = settings.pool if spec.modality == LANGUAGE else VISION_POOL
     return [_output_path(settings, level, spec.id, pool) for level in levels]
 
 
 def extract_on_ray(language_specs: list[ModelSpec], vision_specs: list[ModelSpec],
-                   texts_by_level: dict[int | None, list[str]], images: list[Image.Image],
-                   settings: Settings, args: argparse.Namespace) -> RunStats:
-    """`run_extraction` as one Ray task per model, largest first (they take longest)."""
+                   texts_by_level: dict[Level, list[str]], images: list[Image.Image],
+                   settings: Settings, args: argparse.Namespace,
+                   vision_levels: list[Level] | None = None) -> RunStats:
+    """`run_extraction` as one Ray task per model, largest first (they take longest). Vision
+    models encode the images once for `vision_levels` (default: every level of the texts)."""
     # Workers elsewhere have another working directory: they get the folder as an absolute path.
     settings = dataclasses.replace(settings, output_dir=os.path.abspath(settings.output_dir))
     stats = RunStats()
     levels = list(texts_by_level)
+    vision_levels = levels if vision_levels is None else vision_levels
     specs = sorted([*language_specs, *vision_specs], key=lambda s: -(estimated_params(s) or 0))
     with ray_session(args.ray):
         gpu_memory = args.gpu_memory_gb or default_gpu_memory_gb()
@@ -275,13 +280,15 @@ def extract_on_ray(language_specs: list[ModelSpec], vision_specs: list[ModelSpec
         for spec in specs:
             task = remote(extract_model, num_gpus=requests[spec.id], max_retries=args.ray_retries,
                           name=f"extract {spec.id}")
-            ref = task.remote(spec, texts_ref, images_ref, images_sha, settings, args.device)
+            ref = task.remote(spec, texts_ref, images_ref, images_sha, vision_levels, settings,
+                              args.device)
             tasks.append(Submitted(ref, f"model {spec.id}", lambda part: merge_stats(stats, part)))
         try:
             wait_for(tasks, "extract on Ray")
         finally:
-            remove_stale_temporaries([p for spec in specs
-                                      for p in extraction_outputs(spec, levels, settings)])
+            remove_stale_temporaries([
+                p for spec in specs for p in extraction_outputs(
+                    spec, levels if spec.modality == LANGUAGE else vision_levels, settings)])
     return stats
 
 
@@ -327,7 +334,7 @@ class LevelResult:
             write_level(self.plan, self.args, self.x, self.y, self.scored)
 
 
-def measure_on_ray(args: argparse.Namespace, x: Side, y: Side, levels: list[int | None]) -> None:
+def measure_on_ray(args: argparse.Namespace, x: Side, y: Side, levels: list[Level]) -> None:
     """Every level's `measure_level` as Ray tasks, one per (level, x model) still to score."""
     plans = [plan_level(args, x, y, level) for level in levels]
     for plan in plans:

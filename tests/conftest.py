@@ -11,6 +11,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+
 def _save_tiny(folder: Path, config) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -43,6 +44,15 @@ def tiny_gpt2_dir(tmp_path_factory) -> Path:
 
     config = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=128)
     return _save_tiny(tmp_path_factory.mktemp("tiny_gpt2"), config)
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """A local Ray instance on 2 CPUs for the session (the stages join it instead of starting one)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
 
 
 @pytest.fixture

@@ -26,13 +26,6 @@ LEVELS = "0,100"
 N = 10
 
 
-@pytest.fixture(scope="session")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.fixture
 def custom_models(monkeypatch, tiny_llama_dir, tiny_custom_models):
     monkeypatch.setenv("PLATONIC_CUSTOM_MODELS", str(tiny_custom_models))

@@ -7,10 +7,10 @@ the previous result.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
-import torch
-
+from platonic.devices import pick_device
 from platonic.measure import build_parser, measure_level, side_from_args
 from platonic.mmimdb.layout import (
     ALIGNMENT_SPLIT,
@@ -34,14 +34,25 @@ def alignment_file(layout: Layout, modelset: str, metric: str = DEFAULT_METRIC,
 
 
 def measure_study(layout: Layout, modelset: str, language_ids: list[str], vision_ids: list[str],
-                  device: torch.device, metric: str = DEFAULT_METRIC, topk: int = DEFAULT_TOPK,
-                  precise: bool = False, force: bool = False) -> Path:
-    """Alignment of every language model with every vision model on the test split."""
+                  device: str | None = None, metric: str = DEFAULT_METRIC, topk: int = DEFAULT_TOPK,
+                  precise: bool = False, force: bool = False,
+                  ray_args: argparse.Namespace | None = None) -> Path:
+    """Alignment of every language model with every vision model on the test split; with
+    `ray_args` (`--ray`), as the engine's Ray tasks (one per language model)."""
     argv = ["--dataset", FEATURE_DATASET, "--modelset", modelset,
             "--input_dir", str(layout.feat_dir), "--output_dir", str(layout.align_dir),
             "--pool_x", LANGUAGE_POOL, "--pool_y", VISION_POOL,
             "--metric", metric, "--topk", str(topk),
             "--models_x", *language_ids, "--models_y", *vision_ids]
-    args = build_parser().parse_args(argv + ["--precise"] * precise + ["--force_remake"] * force)
-    return measure_level(args, side_from_args(args, "x"), side_from_args(args, "y"),
-                         ALIGNMENT_SPLIT, device)
+    argv += ["--precise"] * precise + ["--force_remake"] * force
+    argv += ["--device", device] if device else []
+    if ray_args is not None:
+        argv += ["--ray", ray_args.ray, "--ray_retries", str(ray_args.ray_retries)]
+    args = build_parser().parse_args(argv)
+    x, y = side_from_args(args, "x"), side_from_args(args, "y")
+    if ray_args is not None:
+        from platonic.distributed import measure_on_ray
+
+        measure_on_ray(args, x, y, [ALIGNMENT_SPLIT])
+        return alignment_file(layout, modelset, metric, topk)
+    return measure_level(args, x, y, ALIGNMENT_SPLIT, pick_device(device))

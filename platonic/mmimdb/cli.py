@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 
-from tqdm.auto import tqdm
-
 from platonic import cli
 from platonic.devices import pick_device
 from platonic.errors import PlatonicError
@@ -24,7 +22,9 @@ DEFAULT_BASE_DIR = "results/mmimdb"
 DEFAULT_MODELSET = "demo"
 
 
-def _parser(description: str) -> argparse.ArgumentParser:
+def _parser(description: str, ray: bool = True) -> argparse.ArgumentParser:
+    """The flags every stage shares (--base_dir, --modelset, --device, --force_remake), and
+    with `ray` the Ray group (--ray [ADDRESS], --ray_retries, --gpu_memory_gb)."""
     parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--base_dir", default=DEFAULT_BASE_DIR,
@@ -34,7 +34,20 @@ def _parser(description: str) -> argparse.ArgumentParser:
     cli.add_device_arg(parser)
     parser.add_argument("--force_remake", action="store_true",
                         help="remake this stage's outputs even when they are current")
+    if ray:
+        cli.add_ray_args(parser.add_argument_group("ray"))
     return parser
+
+
+def _ray_args(args: argparse.Namespace) -> argparse.Namespace | None:
+    """The parsed flags when the stage runs on Ray (--ray), else None."""
+    return args if args.ray else None
+
+
+def _device(args: argparse.Namespace) -> str | None:
+    """The device of a local run (checked against this machine); on Ray, the one asked for (None:
+    each task takes its GPU if it has one)."""
+    return args.device if args.ray else str(pick_device(args.device))
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -76,11 +89,11 @@ def extract_main(argv: list[str] | None = None) -> int:
     root = resolve_root(args.root)
     print(f"MM-IMDb root: {root}")
     selections = select_movies(root, layout, args.num_samples, args.seed)
-    settings = feature_settings(layout, str(pick_device(args.device)), args.batch_size, args.dtype,
+    settings = feature_settings(layout, _device(args) or "cpu", args.batch_size, args.dtype,
                                 args.force_remake, args.max_length)
     stats = extract_study_features(language if args.modality != "vision" else [],
                                    vision if args.modality != "language" else [],
-                                   selections, settings)
+                                   selections, settings, _ray_args(args))
     print(f"features: wrote {len(stats.written)} files, reused {len(stats.reused)}, "
           f"model loads {dict(stats.loads)}")
     return 0
@@ -105,7 +118,7 @@ def probe_parser() -> argparse.ArgumentParser:
 
 
 def probe_main(argv: list[str] | None = None) -> int:
-    from platonic.mmimdb.performance import run_probe
+    from platonic.mmimdb.performance import run_probes
 
     args = probe_parser().parse_args(argv)
     if args.batch_size < 0:
@@ -114,11 +127,8 @@ def probe_main(argv: list[str] | None = None) -> int:
                          args.seed)
     layout = Layout.at(args.base_dir)
     language, _ = study_models(args.modelset)
-    device = str(pick_device(args.device))
-    trained = 0
-    for spec in tqdm(language, desc="probes", unit="model"):
-        trained += run_probe(layout, spec.id, config, args.layer, args.class_idx, device,
-                             args.force_remake)
+    trained = run_probes(layout, [spec.id for spec in language], config, args.layer,
+                         args.class_idx, _device(args) or "cpu", args.force_remake, _ray_args(args))
     print(f"performance: trained {trained} probes, reused {len(language) - trained} "
           f"({layout.perf_dir})")
     return 0
@@ -143,8 +153,8 @@ def measure_main(argv: list[str] | None = None) -> int:
     if not vision:
         raise PlatonicError(f"model set {args.modelset!r} has no vision models")
     measure_study(Layout.at(args.base_dir), args.modelset, [m.id for m in language],
-                  [m.id for m in vision], pick_device(args.device), args.metric, args.topk,
-                  args.precise, args.force_remake)
+                  [m.id for m in vision], args.device, args.metric, args.topk, args.precise,
+                  args.force_remake, _ray_args(args))
     return 0
 
 
@@ -152,7 +162,7 @@ def measure_main(argv: list[str] | None = None) -> int:
 
 def plot_parser() -> argparse.ArgumentParser:
     parser = _parser("MM-IMDb correlation: per vision family, alignment vs language-model test "
-                     "F1 (overall and per genre): figures, correlation.csv, summary.md.")
+                     "F1 (overall and per genre): figures, correlation.csv, summary.md.", ray=False)
     cli.add_metric_args(parser, cli.positive_int)
     parser.add_argument("--plot_dir", default=None, help="default: BASE_DIR/mmimdb_plots")
     parser.add_argument("--dpi", type=cli.positive_int, default=300, help="PNG resolution")

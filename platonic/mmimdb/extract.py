@@ -8,6 +8,7 @@ vision model encodes the test posters once (per-block features). Files are reuse
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from platonic.errors import PlatonicError
@@ -67,15 +68,21 @@ def feature_settings(layout: Layout, device: str, batch_size: int = 32, dtype: s
 
 
 def extract_study_features(language: list[ModelSpec], vision: list[ModelSpec],
-                           selections: dict[str, Selection], settings: Settings) -> RunStats:
+                           selections: dict[str, Selection], settings: Settings,
+                           ray_args: argparse.Namespace | None = None) -> RunStats:
     """Plots of every split through each language model (one load each), test posters through
-    each vision model (one pass each)."""
-    stats = RunStats()
+    each vision model (one pass each); with `ray_args` (`--ray`), one Ray task per model."""
     texts = {split: [m.text for m in s.movies] for split, s in selections.items()}
+    posters = [load_image(m) for m in selections[ALIGNMENT_SPLIT].movies] if vision else []
+    if ray_args is not None:
+        from platonic.distributed import extract_on_ray
+
+        return extract_on_ray(language, vision, texts, posters, settings, ray_args,
+                              vision_levels=[ALIGNMENT_SPLIT])
+    stats = RunStats()
     for spec in language:
         extract_language(spec, texts, settings, stats)
     if vision:
-        posters = [load_image(m) for m in selections[ALIGNMENT_SPLIT].movies]
         sha = images_fingerprint(posters)
         for spec in vision:
             extract_vision(spec, posters, sha, [ALIGNMENT_SPLIT], settings, stats)

@@ -9,6 +9,7 @@ selection (checked through the texts' fingerprint), so labels can never be misal
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
 from platonic.errors import PlatonicError
 from platonic.features import FEATS, read_meta
@@ -37,7 +39,9 @@ from platonic.mmimdb.probe import (
 from platonic.models import LANGUAGE
 from platonic.storage import atomic_path, read_json, sha256_of, write_json
 
-PROBE_VERSION = 1
+PROBE_VERSION = 2  # 2: closed-form gradient and fused Adam (same trajectories up to rounding)
+# A probe's weights are megabytes: on a GPU cluster four probe tasks share one GPU.
+PROBE_GPU_SHARE = 0.25
 SELECTION_SPLIT, REPORT_SPLIT = "dev", "test"
 
 
@@ -152,6 +156,51 @@ def run_probe(layout: Layout, model_id: str, config: ProbeConfig = DEFAULT_CONFI
     _save_weights(layout.weights(model_id), weight, bias, result)
     write_json(layout.performance(model_id), result)
     return True
+
+
+def run_probes(layout: Layout, model_ids: list[str], config: ProbeConfig = DEFAULT_CONFIG,
+               layer: int = -1, class_idx: int | None = None, device: str = "cpu",
+               force: bool = False, ray_args: argparse.Namespace | None = None) -> int:
+    """`run_probe` for every language model, here or (with `ray_args`, `--ray`) as one Ray task
+    per model; the number that trained (the rest were current)."""
+    if ray_args is not None:
+        return _probes_on_ray(layout, model_ids, config, layer, class_idx, force, ray_args)
+    return sum(run_probe(layout, model_id, config, layer, class_idx, device, force)
+               for model_id in tqdm(model_ids, desc="probes", unit="model"))
+
+
+def probe_task(layout: Layout, model_id: str, config: ProbeConfig, layer: int,
+               class_idx: int | None, requested_device: str | None, force: bool) -> bool:
+    """One model's `run_probe` on the Ray task's device (the body of a probe task)."""
+    from platonic.distributed import task_device
+
+    return run_probe(layout, model_id, config, layer, class_idx, task_device(requested_device),
+                     force)
+
+
+def _probes_on_ray(layout: Layout, model_ids: list[str], config: ProbeConfig, layer: int,
+                   class_idx: int | None, force: bool, args: argparse.Namespace) -> int:
+    from platonic import distributed
+
+    # Workers elsewhere have another working directory: they get the folder as an absolute path.
+    layout = Layout.at(layout.base.resolve())
+    trained: list[bool] = []
+    with distributed.ray_session(args.ray):
+        gpus = PROBE_GPU_SHARE if args.device != "cpu" and max(
+            distributed.cluster_gpus(), default=0) > 0 else 0
+        tasks = []
+        for model_id in model_ids:
+            task = distributed.remote(probe_task, num_gpus=gpus, max_retries=args.ray_retries,
+                                      name=f"probe {model_id}")
+            ref = task.remote(layout, model_id, config, layer, class_idx, args.device, force)
+            tasks.append(distributed.Submitted(ref, f"model {model_id}", trained.append))
+        try:
+            distributed.wait_for(tasks, "probes on Ray")
+        finally:
+            distributed.remove_stale_temporaries(
+                [path for model_id in model_ids
+                 for path in (layout.performance(model_id), layout.weights(model_id))])
+    return sum(trained)
 
 
 def _save_weights(path: Path, weight: torch.Tensor, bias: torch.Tensor, result: dict) -> None:
