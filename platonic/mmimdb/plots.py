@@ -59,8 +59,9 @@ def _panel(ax: Axes, rows: pd.DataFrame, members: list[str], labels: dict[str, s
             ax.plot(xs, y.mean() + slope * (xs - x.mean()), color=colour, linewidth=1.1)
         if name_points and vm == members[-1]:
             for lm, xi, yi in zip(mine["language_model"], x, y, strict=True):
-                ax.annotate(short_name(lm), (xi, yi), fontsize=6, xytext=(3, 3),
-                            textcoords="offset points")
+                rightmost = xi == np.max(x)  # its name goes to the left, inside the axes
+                ax.annotate(short_name(lm), (xi, yi), fontsize=6, xytext=(-3 if rightmost else 3, 3),
+                            textcoords="offset points", ha="right" if rightmost else "left")
     ax.grid(alpha=0.3)
     ax.tick_params(labelsize=7)
 
