@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from interrupts import default_interrupts
 
 from platonic.features import feature_path, read_meta
 from platonic.models import minilm_folder
@@ -51,7 +52,7 @@ def driver_env(tmp_path_factory, tiny_llama_dir) -> dict[str, str]:
 def _start(base: Path, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(["bash", str(ROOT / "run_platonic_unique.sh"), "--base_dir", str(base)],
                             env=env, cwd=base.parent, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_interrupts)
 
 
 def _run(base: Path, env: dict[str, str]) -> subprocess.CompletedProcess:

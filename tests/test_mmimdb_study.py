@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from interrupts import default_interrupts
 from scipy import stats
 
 from platonic.alignment import exhaustive_search, prepare_features
@@ -161,7 +162,7 @@ def test_interrupted_run_stops_cleanly_and_resumes(study, driver_env, tmp_path):
     command = ["bash", str(REPO / "mmimdb" / "run_mmimdb.sh"), "--root", str(root),
                "--base_dir", str(base)]
     proc = subprocess.Popen(command, env=driver_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_interrupts)
     deadline = time.monotonic() + 600
     while not list(base.glob("mmimdb_feat/**/*.safetensors")):
         assert proc.poll() is None and time.monotonic() < deadline, "no feature file was written"
