@@ -34,7 +34,7 @@ from platonic.statistics import ols_slope
 from platonic.storage import read_json, sha256_file, sha256_of, write_json, write_text
 from platonic.summary import fmt
 
-PLOT_VERSION = 1
+PLOT_VERSION = 2  # 2: the rightmost point's name placed inside the axes
 STAMP = ".inputs.json"
 MAX_NAMED_POINTS = 12
 
