@@ -22,6 +22,14 @@ def pick_device(name: str | None) -> torch.device:
     return device
 
 
+def stage_device(name: str | None, on_ray: bool) -> str:
+    """The device a stage's settings name: here, `pick_device(name)`; on Ray, the one asked for,
+    else "cpu" as a placeholder (each task then takes its own, `distributed.task_device`)."""
+    if on_ray:
+        return name or "cpu"
+    return str(pick_device(name))
+
+
 def is_out_of_memory(err: BaseException) -> bool:
     """Whether `err` is a device out-of-memory error (CUDA's type, or a backend's RuntimeError)."""
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()

@@ -108,6 +108,11 @@ def cluster_gpus() -> list[float]:
     return [node["Resources"].get("GPU", 0.0) for node in ray.nodes() if node.get("Alive")]
 
 
+def tasks_use_gpus(requested_device: str | None) -> bool:
+    """Whether the stage's tasks ask for GPUs: unless --device cpu, when the cluster has any."""
+    return requested_device != "cpu" and max(cluster_gpus(), default=0) > 0
+
+
 # ---- placing work -----------------------------------------------------------------------------
 
 def estimated_params(spec: ModelSpec) -> float | None:
@@ -269,7 +274,7 @@ def extract_on_ray(language_specs: list[ModelSpec], vision_specs: list[ModelSpec
     specs = sorted([*language_specs, *vision_specs], key=lambda s: -(estimated_params(s) or 0))
     with ray_session(args.ray):
         gpu_memory = args.gpu_memory_gb or default_gpu_memory_gb()
-        use_gpus = args.device != "cpu" and max(cluster_gpus(), default=0) > 0
+        use_gpus = tasks_use_gpus(args.device)
         requests = {spec.id: model_gpus(spec, settings, gpu_memory) if use_gpus else 0
                     for spec in specs}
         check_fits(requests)
@@ -346,7 +351,7 @@ def measure_on_ray(args: argparse.Namespace, x: Side, y: Side, levels: list[Leve
     if not plans:
         return
     with ray_session(args.ray):
-        gpus = 1 if args.device != "cpu" and max(cluster_gpus(), default=0) > 0 else 0
+        gpus = 1 if tasks_use_gpus(args.device) else 0
         kernel_refs: dict[str, Any] = {}
 
         def kernels_ref(path: Path, fingerprint: str) -> Any:

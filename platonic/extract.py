@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from platonic import cli, language, vision
 from platonic.data import PairedData, dataset_label, load_data
-from platonic.devices import pick_device
+from platonic.devices import stage_device
 from platonic.errors import PlatonicError
 from platonic.features import feature_path, read_meta, save_features, verified_fingerprint
 from platonic.fingerprints import images_fingerprint, texts_fingerprint
@@ -451,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(
         output_dir=args.output_dir, dataset=dataset, subset=data.subset or subset,
         pool=args.pool if args.pool != "cls" else "avg", batch_size=args.batch_size,
-        device=(args.device or "cpu") if args.ray else str(pick_device(args.device)), dtype=args.dtype,
+        device=stage_device(args.device, bool(args.ray)), dtype=args.dtype,
         force_remake=args.force_remake, qlora=args.qlora, force_download=args.force_download,
         noise_percentage=args.noise_percentage if args.image_perturbations or args.noise_percentage else 0.0)
     if args.ray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from platonic import cli
-from platonic.devices import pick_device
+from platonic.devices import stage_device
 from platonic.errors import PlatonicError
 from platonic.mmimdb.dataset import DEFAULT_NUM_SAMPLES, ROOT_ENV, resolve_root
 from platonic.mmimdb.layout import Layout
@@ -42,12 +42,6 @@ def _parser(description: str, ray: bool = True) -> argparse.ArgumentParser:
 def _ray_args(args: argparse.Namespace) -> argparse.Namespace | None:
     """The parsed flags when the stage runs on Ray (--ray), else None."""
     return args if args.ray else None
-
-
-def _device(args: argparse.Namespace) -> str | None:
-    """The device of a local run (checked against this machine); on Ray, the one asked for (None:
-    each task takes its GPU if it has one)."""
-    return args.device if args.ray else str(pick_device(args.device))
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -89,7 +83,7 @@ def extract_main(argv: list[str] | None = None) -> int:
     root = resolve_root(args.root)
     print(f"MM-IMDb root: {root}")
     selections = select_movies(root, layout, args.num_samples, args.seed)
-    settings = feature_settings(layout, _device(args) or "cpu", args.batch_size, args.dtype,
+    settings = feature_settings(layout, stage_device(args.device, bool(args.ray)), args.batch_size, args.dtype,
                                 args.force_remake, args.max_length)
     stats = extract_study_features(language if args.modality != "vision" else [],
                                    vision if args.modality != "language" else [],
@@ -128,7 +122,7 @@ def probe_main(argv: list[str] | None = None) -> int:
     layout = Layout.at(args.base_dir)
     language, _ = study_models(args.modelset)
     trained = run_probes(layout, [spec.id for spec in language], config, args.layer,
-                         args.class_idx, _device(args) or "cpu", args.force_remake, _ray_args(args))
+                         args.class_idx, stage_device(args.device, bool(args.ray)), args.force_remake, _ray_args(args))
     print(f"performance: trained {trained} probes, reused {len(language) - trained} "
           f"({layout.perf_dir})")
     return 0

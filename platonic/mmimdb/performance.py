@@ -186,8 +186,7 @@ def _probes_on_ray(layout: Layout, model_ids: list[str], config: ProbeConfig, la
     layout = Layout.at(layout.base.resolve())
     trained: list[bool] = []
     with distributed.ray_session(args.ray):
-        gpus = PROBE_GPU_SHARE if args.device != "cpu" and max(
-            distributed.cluster_gpus(), default=0) > 0 else 0
+        gpus = PROBE_GPU_SHARE if distributed.tasks_use_gpus(args.device) else 0
         tasks = []
         for model_id in model_ids:
             task = distributed.remote(probe_task, num_gpus=gpus, max_retries=args.ray_retries,
