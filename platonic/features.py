@@ -148,6 +148,24 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads(raw)
 
 
+def read_tensor(path: str | os.PathLike, name: str,
+                index: tuple[slice | int, ...] | None = None) -> torch.Tensor | None:
+    """One tensor of a feature file (or the part `index` picks, read alone: one layer of a 65B
+    model's 81), without loading the others; None if the file has no tensor `name`."""
+    path = Path(path)
+    if path.suffix == ".pt":
+        loaded = load_features(path)
+        tensor = loaded.feats if name == FEATS else loaded.extras.get(name)
+        return tensor if tensor is None or index is None else tensor[index]
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if name not in f.keys():  # noqa: SIM118
+                return None
+            return f.get_tensor(name) if index is None else f.get_slice(name)[index]
+    except Exception as err:  # safetensors raises several types for a damaged file
+        raise PlatonicError(f"{path}: not a readable safetensors feature file ({err})") from err
+
+
 def load_features(path: str | os.PathLike, device: str | torch.device = "cpu") -> FeatureFile:
     """Load our safetensors file, or import the original's `.pt` file (`torch.load`, weights only)."""
     path = Path(path)

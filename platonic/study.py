@@ -16,10 +16,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from safetensors import safe_open
 
 from platonic.errors import PlatonicError
-from platonic.features import load_features, resolve_feature_file
+from platonic.features import read_tensor, resolve_feature_file
 from platonic.levels import ALL_LEVELS, check_levels
 from platonic.models import LANGUAGE, VISION, get_model
 from platonic.results import CALIBRATION_COLUMNS, AlignmentResult, alignment_path, load_result
@@ -182,27 +181,14 @@ def mean_bits_per_byte(features_dir: str | os.PathLike, spec: StudySpec, level: 
                                 spec.language_pool, spec.language_prompt)
     if not path.exists():
         return math.nan, f"no feature file ({path})"
-    values = _read_bpb(path)
-    if values is None:
+    bpb = read_tensor(path, BPB)
+    if bpb is None:
         return math.nan, "no bits per byte in its feature file (an encoder?)"
+    values = bpb.double().numpy()
     values = values[np.isfinite(values)]
     if values.size == 0:
         return math.nan, "no finite bits per byte in its feature file"
     return float(values.mean()), None
-
-
-def _read_bpb(path: Path) -> np.ndarray | None:
-    """Only the `bpb` tensor: safetensors reads one tensor without loading the features."""
-    if path.suffix == ".pt":
-        bpb = load_features(path).extras.get(BPB)
-        return None if bpb is None else bpb.double().numpy()
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            if BPB not in f.keys():  # noqa: SIM118
-                return None
-            return f.get_tensor(BPB).double().numpy()
-    except Exception as err:  # safetensors raises several types for a damaged file
-        raise PlatonicError(f"{path}: not a readable safetensors feature file ({err})") from err
 
 
 def _incomplete_model_notes(frame: pd.DataFrame, levels: list[int]) -> list[str]:

@@ -18,12 +18,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from platonic.errors import PlatonicError
-from platonic.features import FEATS, read_meta
+from platonic.features import FEATS, read_meta, read_tensor
 from platonic.fingerprints import texts_fingerprint
 from platonic.mmimdb.dataset import SPLITS, Selection, read_selection
 from platonic.mmimdb.genres import GENRES, binary_label, check_class_idx, label_matrix
@@ -90,8 +89,7 @@ def load_split(layout: Layout, model_id: str, split: str, layer: int,
 
 def read_layer(path: Path, index: int) -> torch.Tensor:
     """One layer [N, D] of a feature file as float32, read alone (a 65B model's file holds 81)."""
-    with safe_open(str(path), framework="pt") as f:
-        x = f.get_slice(FEATS)[:, index].float()
+    x = read_tensor(path, FEATS, (slice(None), index)).float()
     if not torch.isfinite(x).all():
         raise PlatonicError(f"{path}: NaN or inf in layer {index}")
     return x
