@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,7 +25,7 @@ from platonic.devices import is_out_of_memory
 from platonic.errors import PlatonicError, first_line
 from platonic.identity import file_sha256
 from platonic.models import ModelSpec
-from platonic.storage import cache_root
+from platonic.storage import atomic_dir, cache_root
 
 MAX_PAD_RATIO = 1.2
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
@@ -138,17 +136,9 @@ def _load_gguf(gguf: Path, dtype: torch.dtype, load_kwargs: dict, rebuild: bool 
 
 
 def _save_atomically(model, tokenizer, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_dir(target, "config.json") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
-    except OSError:
-        if not (target / "config.json").exists():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_language_model(spec: ModelSpec, device: str = "cpu", dtype: torch.dtype = torch.float32,

@@ -18,8 +18,6 @@ Rules, the same in every stage:
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -30,7 +28,7 @@ from PIL import Image, UnidentifiedImageError
 
 from platonic.errors import PlatonicError
 from platonic.mmimdb.genres import label_matrix
-from platonic.storage import cache_root, read_json, write_json
+from platonic.storage import atomic_dir, cache_root, read_json, write_json
 
 ROOT_ENV = "MMIMDB_ROOT"
 SPLITS: tuple[str, ...] = ("train", "dev", "test")
@@ -62,17 +60,8 @@ def ensure_fixture(seed: int = 0) -> Path:
     target = fixture_root(seed)
     if (target / "split.json").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_dir(target, "split.json") as tmp:
         build_fixture(tmp, seed=seed, sampled_ids=False)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not (target / "split.json").exists():  # not a concurrent builder's win
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
