@@ -9,15 +9,17 @@ One safetensors file per (model, uniqueness level):
            (the exact texts or images and settings used) and `content_sha256` (of the tensors).
 
 Loading never executes code: safetensors for our files, `torch.load(weights_only=True)` for the
-original's `.pt` files.
+original's `.pt` files. `FileLayers` reads a file's features one layer at a time (the alignment
+engine's view of a file it never loads whole); checking a file's content streams it in row chunks.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,12 +28,15 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from platonic import metrics
 from platonic.errors import PlatonicError
+from platonic.layers import QUANTILE, LayerSource, OutlierThreshold, TensorLayers
 from platonic.storage import atomic_path, dataset_dir, model_slug, sha256_file
 
 FORMAT_VERSION = 1
 META_KEY = "platonic"
 FEATS = "feats"
+CHUNK_BYTES = 64 << 20  # rows read at a time when a file is streamed
 
 
 @dataclass
@@ -66,29 +71,66 @@ def feature_path(root: str | os.PathLike, dataset: str, subset: str | None, mode
 
 
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    return _sha256_of_named((name, tensors[name]) for name in sorted(tensors))
-
-
-def _sha256_of_named(named: Iterable[tuple[str, torch.Tensor]]) -> str:
     h = hashlib.sha256()
-    for name, tensor in named:
-        t = tensor.detach().contiguous().cpu()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    for name in sorted(tensors):
+        h.update(_tensor_record(name, tensors[name]))
     return h.hexdigest()
 
 
+def _tensor_record(name: str, tensor: torch.Tensor) -> bytes:
+    """What the content hash reads of one tensor: name, dtype, shape, then its bytes."""
+    t = tensor.detach().contiguous().cpu()
+    header = f"{name}:{t.dtype}:{tuple(t.shape)}".encode()
+    return header + (t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
 def verified_fingerprint(path: str | os.PathLike) -> str:
-    """The file's recorded `content_sha256`, after checking that its tensors still have it (one
-    tensor in memory at a time); a damaged or edited file is an error, never a reused input."""
+    """The file's recorded `content_sha256`, after checking that its tensors still have it (the
+    features streamed in row chunks); a damaged or edited file is an error, never a reused input."""
     path = Path(path)
     meta = read_meta(path)
     if path.suffix == ".pt":
         return meta["content_sha256"]
-    with safe_open(str(path), framework="pt") as f:
-        actual = _sha256_of_named((name, f.get_tensor(name)) for name in sorted(f.keys()))  # noqa: SIM118
-    _check_content(path, meta, actual)
+    _check_content(path, meta, streamed_sha256(path))
     return meta["content_sha256"]
+
+
+def streamed_sha256(path: Path, each_chunk: Callable[[torch.Tensor], None] | None = None) -> str:
+    """`tensors_sha256` of a safetensors file with the features read in row chunks of about
+    `CHUNK_BYTES` (a multiple of 64 rows), each also given to `each_chunk`."""
+    h = hashlib.sha256()
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for name in sorted(f.keys()):  # noqa: SIM118
+                part = f.get_slice(name)
+                shape, dtype = tuple(part.get_shape()), _slice_dtype(part)
+                if name != FEATS or not shape:
+                    h.update(_tensor_record(name, f.get_tensor(name)))
+                    continue
+                h.update(f"{name}:{dtype}:{shape}".encode())
+                for start in range(0, shape[0], chunk_rows(shape)):
+                    chunk = part[start:start + chunk_rows(shape)].clone()
+                    h.update(chunk.contiguous().view(torch.uint8).numpy().tobytes() if chunk.numel() else b"")
+                    if each_chunk is not None:
+                        each_chunk(chunk)
+    except PlatonicError:
+        raise
+    except Exception as err:  # safetensors raises several types for a damaged file
+        raise PlatonicError(f"{path}: not a readable safetensors feature file ({err})") from err
+    return h.hexdigest()
+
+
+def _slice_dtype(part: Any) -> torch.dtype:
+    name = part.get_dtype()
+    return {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+            "F64": torch.float64, "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8,
+            "BOOL": torch.bool, "I16": torch.int16, "I8": torch.int8}.get(name, name)
+
+
+def chunk_rows(shape: tuple[int, ...]) -> int:
+    """Rows per streamed chunk of a tensor of `shape` (4-byte entries assumed): a multiple of 64."""
+    row_bytes = 4 * max(1, math.prod(shape[1:]))
+    return max(64, CHUNK_BYTES // row_bytes // 64 * 64)
 
 
 def _check_content(path: Path, meta: dict[str, Any], actual: str) -> None:
@@ -235,3 +277,81 @@ def resolve_feature_file(root: str | os.PathLike, dataset: str, subset: str | No
     path = feature_path(root, dataset, subset, model, pool, prompt)
     legacy = path.with_suffix(".pt")
     return legacy if not path.exists() and legacy.exists() else path
+
+
+class FileLayers(LayerSource):
+    """The features of one safetensors feature file, prepared as the measure stage does (float32,
+    clamped at the q-quantile of |x| over the real entries), read one layer at a time.
+
+    Opening streams the file once in row chunks (a second time for the `exact` threshold):
+    its content hash is checked, every entry must be finite, and the clamp threshold is
+    computed; afterwards each `layer(l)` reads that layer's slice, so memory holds one layer.
+    """
+
+    def __init__(self, path: str | os.PathLike, device: str | torch.device = "cpu",
+                 exact: bool = False):
+        self.path, self.device = Path(path), torch.device(device)
+        meta = read_meta(self.path)
+        self.n, self.num_layers, self.width = self._shape()
+        layer_dims = meta.get("layer_dims")
+        try:
+            metrics.real_entries(torch.zeros(0, self.num_layers, self.width), layer_dims)
+        except PlatonicError as err:
+            raise PlatonicError(f"{self.path}: {err}") from err
+        threshold = OutlierThreshold(self.n, layer_dims, exact=exact)
+        finite = torch.ones(self.num_layers, dtype=torch.bool)
+
+        def inspect(chunk: torch.Tensor) -> None:
+            finite.logical_and_(torch.isfinite(chunk).flatten(2).all(dim=2).all(dim=0))
+            if bool(finite.all()):
+                threshold.add(chunk)
+
+        _check_content(self.path, meta, streamed_sha256(self.path, inspect))
+        if not bool(finite.all()):
+            bad = torch.nonzero(~finite).flatten().tolist()
+            raise PlatonicError(f"{self.path}: NaN or inf in layer(s) {bad}")
+        if threshold.needs_refine:
+            for chunk in self._row_chunks():
+                threshold.refine(chunk)
+        self.threshold = threshold.value()
+
+    def _shape(self) -> tuple[int, int, int]:
+        with safe_open(str(self.path), framework="pt") as f:
+            if FEATS not in f.keys():  # noqa: SIM118
+                raise PlatonicError(f"{self.path}: no '{FEATS}' tensor")
+            part = f.get_slice(FEATS)
+            shape, dtype = tuple(part.get_shape()), _slice_dtype(part)
+        if len(shape) != 3 or 0 in shape:
+            raise PlatonicError(f"{self.path}: features must be a non-empty [N, layers, dim] "
+                                f"tensor, got shape {shape}")
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise PlatonicError(f"{self.path}: features must be floating point, got {dtype}")
+        return shape
+
+    def _row_chunks(self) -> Iterable[torch.Tensor]:
+        rows = chunk_rows((self.n, self.num_layers, self.width))
+        for start in range(0, self.n, rows):
+            yield read_tensor(self.path, FEATS, (slice(start, start + rows),)).clone()
+
+    def layer(self, index: int) -> torch.Tensor:
+        raw = read_tensor(self.path, FEATS, (slice(None), index))
+        x = raw.to(device=self.device, dtype=torch.float32, copy=True)
+        return x if self.threshold is None else x.clamp_(-self.threshold, self.threshold)
+
+    def to(self, device: str | torch.device) -> FileLayers:
+        moved = object.__new__(FileLayers)
+        moved.__dict__.update(self.__dict__, device=torch.device(device))
+        return moved
+
+
+def open_layers(path: str | os.PathLike, device: str | torch.device = "cpu",
+                exact: bool = False) -> LayerSource:
+    """A feature file's prepared features, layer by layer: streamed from our safetensors files,
+    in memory for the original's `.pt` files (which cannot be read in parts)."""
+    path = Path(path)
+    if not path.exists():
+        raise PlatonicError(f"{path}: feature file not found")
+    if path.suffix != ".pt":
+        return FileLayers(path, device, exact)
+    loaded = load_features(path, device)
+    return TensorLayers(metrics.remove_outliers(loaded.feats.float(), QUANTILE, exact))
