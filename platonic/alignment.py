@@ -45,10 +45,12 @@ from platonic.layers import LayerSource, TensorLayers
 from platonic.neighbours import (
     MemberTable,
     Neighbours,
+    add_layers,
     gram_diagonals,
-    kernel_entries,
     neighbour_lists,
+    one_cpu_thread,
     own_rows,
+    row_entries,
     row_norms,
 )
 
@@ -171,9 +173,9 @@ class LayerKernels:
         """[L + 1, N, topk] neighbour indices by inner product, nearest first."""
         return self.neighbours(topk, exclude_self).indices
 
-    def kernel_at(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        """[L + 1, *rows.shape]: every candidate's normalised Gram entries at (rows, cols)."""
-        return kernel_entries(self.source, self.norms, rows, cols)
+    def entries(self, cols: torch.Tensor) -> torch.Tensor:
+        """[L + 1, N, M]: every candidate's normalised Gram entries (i, cols[i, t])."""
+        return row_entries(self.source, self.norms, cols)
 
     @cached_property
     def grams(self) -> torch.Tensor:
@@ -185,7 +187,7 @@ class LayerKernels:
         for layer in range(num_layers):
             x = feats[:, layer, :]
             torch.mm(x, x.T, out=grams[layer + 1])
-        torch.sum(grams[1:], dim=0, out=grams[0])
+        grams[0] = add_layers(grams[1:])
         if self.normalize:
             norms = grams.diagonal(dim1=1, dim2=2).sqrt().clamp_min(1e-12)
             grams /= norms[:, :, None]
@@ -211,8 +213,9 @@ def _knn_grid(kx: LayerKernels, ky: LayerKernels, topk: int,
     metrics.check_topk(topk, kx.n)
     grid = np.empty((len(kx), len(ky)))
     knn_x, knn_y = kx.knn(topk), ky.knn(topk)
-    for b in range(len(ky)):
-        grid[:, b] = pair_score(knn_x, knn_y[b]).double().cpu().numpy()
+    with one_cpu_thread(knn_x.device):
+        for b in range(len(ky)):
+            grid[:, b] = pair_score(knn_x, knn_y[b]).double().cpu().numpy()
     return grid
 
 
@@ -236,14 +239,17 @@ def cycle_hits(members_x: MemberTable, knn_yb: torch.Tensor) -> torch.Tensor:
 @register_grid("mutual_knn")
 def mutual_knn_grid(kx: LayerKernels, ky: LayerKernels, topk: int) -> np.ndarray:
     metrics.check_topk(topk, kx.n)
-    counts = mutual_counts(MemberTable(kx.knn(topk)), ky.knn(topk))
+    knn_x, knn_y = kx.knn(topk), ky.knn(topk)
+    with one_cpu_thread(knn_x.device):
+        counts = mutual_counts(MemberTable(knn_x), knn_y)
     return (counts.double() / (kx.n * topk)).cpu().numpy()
 
 
 @register_grid("cycle_knn")
 def cycle_knn_grid(kx: LayerKernels, ky: LayerKernels, topk: int) -> np.ndarray:
     metrics.check_topk(topk, kx.n)
-    members_x = MemberTable(kx.knn(topk))
+    with one_cpu_thread(kx.source.device):
+        members_x = MemberTable(kx.knn(topk))
     return _knn_grid(kx, ky, topk,
                      lambda knn_x, knn_yb: cycle_hits(members_x, knn_yb).float().mean(dim=0))
 
@@ -281,58 +287,71 @@ def _masked_hsic(idx: torch.Tensor, mask: torch.Tensor, mask_t: torch.Tensor,
                  k_ij: torch.Tensor, l_ij: torch.Tensor, l_ji: torch.Tensor,
                  unbiased: bool) -> torch.Tensor:
     """HSIC of the masked kernels A = mask ∘ K, B = mask ∘ L from their entries at the
-    sparse positions (i, idx[i, t]): `mask`/`mask_t` say whether (i, j) and (j, i) are in the
-    mask, `k_ij`, `l_ij`, `l_ji` are K[i, j], L[i, j], L[j, i] there. No N x N tensor is made."""
+    sparse positions (i, idx[i, t]), for a batch of B masks and kernels L at once (last axis):
+    `mask`/`mask_t` [N, k, B] say whether (i, j) and (j, i) are in the mask, `k_ij` [N, k] and
+    `l_ij`, `l_ji` [N, k, B] are K[i, j], L[i, j], L[j, i] there. No N x N tensor is made."""
     n = idx.shape[0]
-    a, b = k_ij * mask, l_ij * mask
-    a_dot_bt = (a * l_ji * mask_t).sum()
-    a_col = torch.zeros(n, dtype=a.dtype, device=a.device).scatter_add_(0, idx.flatten(), a.flatten())
-    b_col = torch.zeros(n, dtype=b.dtype, device=b.device).scatter_add_(0, idx.flatten(), b.flatten())
+    a, b = k_ij.unsqueeze(-1) * mask, l_ij * mask
+    a_dot_bt = (a * l_ji * mask_t).sum(dim=(0, 1))
+    flat = idx.flatten()
+    a_col = torch.zeros(n, a.shape[-1], dtype=a.dtype, device=a.device).index_add_(0, flat, a.flatten(0, 1))
+    b_col = torch.zeros(n, b.shape[-1], dtype=b.dtype, device=b.device).index_add_(0, flat, b.flatten(0, 1))
     a_row, b_row = a.sum(dim=1), b.sum(dim=1)
+    a_sum, b_sum = a.sum(dim=(0, 1)), b.sum(dim=(0, 1))
     if unbiased:  # the mask excludes the diagonal, so A and B already have a zero diagonal
-        return (a_dot_bt + a.sum() * b.sum() / ((n - 1) * (n - 2))
-                - 2 * (a_col @ b_row) / (n - 2)) / (n * (n - 3))
-    return a_dot_bt - (a_row @ b_col + a_col @ b_row) / n + a.sum() * b.sum() / n**2
+        return (a_dot_bt + a_sum * b_sum / ((n - 1) * (n - 2))
+                - 2 * (a_col * b_row).sum(dim=0) / (n - 2)) / (n * (n - 3))
+    return a_dot_bt - ((a_row * b_col).sum(dim=0) + (a_col * b_row).sum(dim=0)) / n + a_sum * b_sum / n**2
 
 
 @register_grid("cknna")
 def cknna_grid(kx: LayerKernels, ky: LayerKernels, topk: int | None = None,
                distance_agnostic: bool = False, unbiased: bool = True) -> np.ndarray:
     """CKNNA from the neighbour lists: the mutual-neighbour mask is sparse (N k entries), the
-    kernels are needed only there (own lists' similarities, the other side's by dot products)."""
+    kernels are needed only there (own lists' similarities, the other side's entries there)."""
     topk = kx.n - 1 if topk is None else topk
     metrics.check_topk(topk, kx.n)
     if topk < 2:
         raise PlatonicError("cknna needs topk >= 2")
     lists_x, lists_y = kx.neighbours(topk, unbiased), ky.neighbours(topk, unbiased)
+    # y's kernels at the positions of every x candidate's lists: [Ly + 1, N, Lx + 1, k]
+    at_x = None if distance_agnostic else ky.entries(
+        lists_x.indices.permute(1, 0, 2).flatten(1)).view(len(ky), kx.n, len(kx), topk)
+    with one_cpu_thread(lists_x.indices.device):
+        return _cknna_from_lists(lists_x, lists_y, at_x, distance_agnostic, unbiased)
+
+
+def _cknna_from_lists(lists_x: Neighbours, lists_y: Neighbours, at_x: torch.Tensor | None,
+                      distance_agnostic: bool, unbiased: bool) -> np.ndarray:
     members_x, members_y = MemberTable(lists_x.indices), MemberTable(lists_y.indices)
 
     def similarity(idx: torch.Tensor, mask: torch.Tensor, mask_t: torch.Tensor,
-                   k_ij: torch.Tensor, l_ij: torch.Tensor) -> torch.Tensor:
+                   k_ij: torch.Tensor, l_ij: torch.Tensor | None) -> torch.Tensor:
+        """[B]: the masked HSIC (or mask size) for each of B masks and kernels (last axis)."""
         if distance_agnostic:
-            return mask.sum().double()
+            return mask.sum(dim=(0, 1)).double()
         return _masked_hsic(idx, mask, mask_t, k_ij, l_ij, l_ij, unbiased).double()
 
-    def self_similarity(lists: Neighbours, members: MemberTable, c: int) -> torch.Tensor:
-        idx = lists.indices[c]
-        mask = torch.ones_like(idx, dtype=torch.bool)
-        mask_t = members.lookup(idx, own_rows(idx))[..., c].bool()
-        return similarity(idx, mask, mask_t, lists.values[c], lists.values[c])
+    def self_similarity(lists: Neighbours, members: MemberTable) -> torch.Tensor:
+        rows = own_rows(lists.indices).expand_as(lists.indices)
+        back = members.lookup(lists.indices, rows)  # [C, N, k, C]: (j, i) in each's lists
+        out = []
+        for c, idx in enumerate(lists.indices):
+            mask = torch.ones(*idx.shape, 1, dtype=torch.bool, device=idx.device)
+            values = lists.values[c].unsqueeze(-1)
+            out.append(similarity(idx, mask, back[c, ..., c:c + 1].bool(), lists.values[c], values))
+        return torch.cat(out)
 
-    self_x = [self_similarity(lists_x, members_x, a) for a in range(len(kx))]
-    self_y = [self_similarity(lists_y, members_y, b) for b in range(len(ky))]
-    grid = np.empty((len(kx), len(ky)))
-    for a in range(len(kx)):
-        idx = lists_x.indices[a]
+    self_x, self_y = self_similarity(lists_x, members_x), self_similarity(lists_y, members_y)
+    grid = torch.empty(len(lists_x.indices), len(lists_y.indices), dtype=torch.float64)
+    for a, idx in enumerate(lists_x.indices):
         rows = own_rows(idx)
-        mask_y = members_y.lookup(rows, idx).bool()  # [N, k, Ly + 1]: (i, j) in y's lists
+        mask = members_y.lookup(rows, idx).bool()  # [N, k, Ly + 1]: (i, j) in y's lists
         mask_t = (members_x.lookup(idx, rows)[..., a:a + 1] & members_y.lookup(idx, rows)).bool()
-        l_ij = None if distance_agnostic else ky.kernel_at(rows, idx)
-        for b in range(len(ky)):
-            cross = similarity(idx, mask_y[..., b], mask_t[..., b], lists_x.values[a],
-                               None if l_ij is None else l_ij[b])
-            grid[a, b] = cross.item() / (torch.sqrt(self_x[a] * self_y[b]) + 1e-6).item()
-    return grid
+        l_ij = None if at_x is None else at_x[:, :, a].permute(1, 2, 0)
+        cross = similarity(idx, mask, mask_t, lists_x.values[a], l_ij)
+        grid[a] = cross.cpu() / (torch.sqrt(self_x[a] * self_y) + 1e-6).cpu()
+    return grid.numpy()
 
 
 @register_grid("svcca")
@@ -349,6 +368,21 @@ def load_kernels(path: str | os.PathLike, device: str | torch.device = "cpu",
     """One feature file (checked on opening), outliers clamped as the measure stage does, read
     layer by layer: the file is never loaded whole."""
     return LayerKernels(open_layers(path, device, precise), normalize)
+
+
+KNN_LIST_METRICS = ("mutual_knn", "cycle_knn", "lcs_knn", "edit_distance_knn")
+
+
+def precompute(kernels: LayerKernels, metric: str, topk: int | None) -> LayerKernels:
+    """Compute now what every score of this model with `metric` reuses (row norms, and the kNN
+    lists of the kNN metrics), e.g. once in a task whose result other tasks share."""
+    if metric in KNN_LIST_METRICS and topk is not None:
+        kernels.neighbours(topk)
+    elif metric == "cknna":
+        kernels.neighbours(kernels.n - 1 if topk is None else topk)
+    if kernels.normalize:
+        kernels.norms  # noqa: B018 (computed and kept)
+    return kernels
 
 
 def pairwise_grid(kx: LayerKernels, ky: LayerKernels, metric: str, **kwargs: Any) -> np.ndarray:

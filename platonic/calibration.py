@@ -30,9 +30,7 @@ duplicated rows would be each other's nearest neighbours, or inflate canonical c
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from typing import Any
@@ -43,7 +41,7 @@ import torch
 from platonic import hsic, metrics
 from platonic.alignment import LayerKernels, best_of_grid, mutual_counts, score_grid
 from platonic.errors import PlatonicError
-from platonic.neighbours import MemberTable, Neighbours, own_rows
+from platonic.neighbours import MemberTable, Neighbours, one_cpu_thread, own_rows
 
 N_BOOTSTRAP = 1000
 FAST_NULL_METRICS = ("mutual_knn",)
@@ -141,21 +139,6 @@ def mutual_knn_null(kx: LayerKernels, ky: LayerKernels, topk: int,
             counts = mutual_counts(members, permute_knn(knn_y, perm))
             out[p] = best_of_grid((counts.double() / (kx.n * topk)).cpu().numpy())[0]
     return out
-
-
-@contextlib.contextmanager
-def one_cpu_thread(device: torch.device) -> Iterator[None]:
-    """Small index operations on the CPU run on one thread: thread hand-offs would cost more
-    than the work (several times more on a busy machine). The thread count is restored."""
-    if device.type != "cpu":
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def permutation_null(kx: LayerKernels, ky: LayerKernels, metric: str, topk: int | None,

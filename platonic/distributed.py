@@ -9,8 +9,9 @@ mix of the two after a crash leave identical outputs.
   them by `device_map="auto"`, as the local loader does on CUDA. The captions and the images go
   to the object store once and are shared by every task.
 - Alignment: one task per (level, x model) scores that model against every y model still to do;
-  each y feature file's kernels are built once by a task of their own (once for all levels when
-  the file is the same, as vision features are) and shared through the object store. The driver
+  each y feature file's kernels (its kNN lists, read layer by layer from the file) are built
+  once by a task of their own (once for all levels when the file is the same, as vision
+  features are) and shared through the object store. The driver
   writes a level's result (atomically) as soon as its last task is in.
 
 A worker that dies is replaced and its task rerun by Ray (`--ray_retries`); an error raised by a
@@ -42,7 +43,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from platonic.alignment import LayerKernels, load_kernels
+from platonic.alignment import LayerKernels, load_kernels, precompute
 from platonic.cli import LOCAL_RAY
 from platonic.errors import PlatonicError
 from platonic.extract import (
@@ -309,9 +310,12 @@ def check_fits(requests: dict[str, int]) -> None:
 
 # ---- alignment --------------------------------------------------------------------------------
 
-def kernels_of(path: str, precise: bool, requested_device: str | None) -> LayerKernels:
-    """One y feature file's kernels (the body of a kernel task), on the CPU for the object store."""
-    return load_kernels(path, task_device(requested_device), precise).to("cpu")
+def kernels_of(path: str, precise: bool, requested_device: str | None, metric: str,
+               topk: int | None) -> LayerKernels:
+    """One y feature file's kernels with what every pair reuses (its kNN lists for the kNN
+    metrics; the body of a kernel task), on the CPU for the object store."""
+    kernels = load_kernels(path, task_device(requested_device), precise)
+    return precompute(kernels, metric, topk).to("cpu")
 
 
 def score_row(path_x: str, fingerprint_x: str, kernels_y: list[tuple[int, str, Any]],
@@ -359,7 +363,7 @@ def measure_on_ray(args: argparse.Namespace, x: Side, y: Side, levels: list[Leve
                 task = remote(kernels_of, num_gpus=gpus, max_retries=args.ray_retries,
                               name=f"kernels {path.name}")
                 kernel_refs[fingerprint] = task.remote(str(path.resolve()), args.precise,
-                                                       args.device)
+                                                       args.device, args.metric, args.topk)
             return kernel_refs[fingerprint]
 
         tasks = []

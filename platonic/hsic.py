@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from platonic.errors import PlatonicError
-from platonic.neighbours import PANEL_BYTES, LayerSum, row_blocks, rows_within
+from platonic.neighbours import PANEL_BYTES, add_layers, row_blocks, rows_within
 
 if TYPE_CHECKING:
     from platonic.alignment import LayerKernels
@@ -237,13 +237,10 @@ def kernel_rows(k: LayerKernels, kind: Kind, start: int, end: int) -> torch.Tens
     Gram matrix, or its rbf), computed as the dense stack is."""
     n, layers = k.n, k.source.num_layers
     out = torch.empty(layers + 1, end - start, n, device=k.source.device)
-    concat = LayerSum((end - start, n), layers, k.source.device)
     for layer in range(layers):
         x = k.source.layer(layer)
         torch.mm(x[start:end], x.T, out=out[layer + 1])
-        concat.add(out[layer + 1])
-        concat.end_term()
-    out[0] = concat.total()
+    out[0] = add_layers(out[1:])
     if k.normalize and (start, end) == (0, n) and k.known_diagonals() is None:
         k.learn_diagonals(out.diagonal(dim1=1, dim2=2).clone())
     if k.norms is not None:

@@ -11,18 +11,19 @@ product per layer), top-k kept, block dropped. The concatenation's rows are summ
 layers in a panel of P rows (P >= B) before their top-k is taken. The arithmetic is that of the
 dense [L + 1, N, N] stack, so lists are identical to it, ties included (`torch.topk` on the same
 full rows): blocks hold a multiple of 64 rows (the last one absorbs the remainder: the CPU
-matrix product then gives every row the bits of the full product), the layer sum follows the
-order of `torch.sum(stack, dim=0)` on the CPU (`LayerSum`), and the norms are the diagonal of the
-products, taken from diagonal blocks.
+matrix product then gives every row the bits of the full product), the concatenation's Gram
+matrix is the layers' added one after the other in layer order (`add_layers`; the dense stack
+`LayerKernels.grams` adds them the same way), and the norms are the diagonal of the products,
+taken from the products themselves when one block holds all rows, else from diagonal blocks.
 
 Memory (float32 entries, L layers, k neighbours):
   kept    [L + 1, N, k] indices and values: 12 (L + 1) N k bytes (65,536 samples, 13 layers,
           k = 10: 110 MB), and the row norms, 4 (L + 1) N bytes;
-  working one block [B, N] (`BLOCK_BYTES`), the concatenation's panel [P, N] (one buffer up to
-          16 layers, two up to 256: `PANEL_BYTES`), and one layer of features [N, D];
+  working one block [B, N] (`BLOCK_BYTES`), the concatenation's panel [P, N] (`PANEL_BYTES`),
+          and one layer of features [N, D];
   work    O(N^2 * sum of layer widths) whatever the memory: exact search, as the dense path.
 A source read from a file is read once per layer per panel: once when the panel holds all N
-rows (N <= 16,384 with the default budget and up to 16 layers).
+rows (N <= 16,384 with the default budget).
 
 Set operations on lists (`MemberTable`) use sorted keys and binary search: O(N k log(N k)) per
 candidate, no N x N membership matrix.
@@ -30,6 +31,8 @@ candidate, no N x N membership matrix.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +43,6 @@ BLOCK_BYTES = 256 << 20
 PANEL_BYTES = 1 << 30
 ALIGN = 64  # rows per block: a multiple of this
 NORM_BLOCK = 128  # rows of the diagonal blocks giving the norms
-CASCADE = 16  # torch.sum's CPU reduction moves its partial sum up a level every 16 terms
 
 
 def rows_within(budget: int, row_bytes: int, n: int) -> int:
@@ -67,39 +69,13 @@ def panels(blocks: list[tuple[int, int]], rows: int) -> list[list[tuple[int, int
     return out
 
 
-def cascade_levels(num_terms: int) -> int:
-    levels, capacity = 1, CASCADE
-    while num_terms > capacity:
-        levels, capacity = levels + 1, capacity * CASCADE
-    return levels
-
-
-class LayerSum:
-    """Sum of per-layer tensors added one layer at a time, with the bits of
-    `torch.sum(stack, dim=0)` on the CPU: an accumulator per level, the lower one added into the
-    next every 16 terms, the levels added from the lowest at the end."""
-
-    def __init__(self, shape: tuple[int, ...], num_terms: int, device: torch.device):
-        self.levels = [torch.zeros(shape, device=device) for _ in range(cascade_levels(num_terms))]
-        self.terms = 0
-
-    def add(self, value: torch.Tensor, rows: slice = slice(None)) -> None:
-        """Add (part of) the current term; `end_term` when the term is complete."""
-        self.levels[0][rows].add_(value)
-
-    def end_term(self) -> None:
-        self.terms += 1
-        level, terms = 0, self.terms
-        while terms % CASCADE == 0 and level + 1 < len(self.levels):
-            self.levels[level + 1] += self.levels[level]
-            self.levels[level].zero_()
-            level, terms = level + 1, terms // CASCADE
-
-    def total(self) -> torch.Tensor:
-        out = self.levels[0]
-        for level in self.levels[1:]:
-            out = out + level
-        return out
+def add_layers(terms: torch.Tensor) -> torch.Tensor:
+    """Σ over the first axis, the terms added one after the other from a zero: the one order in
+    which the concatenation's Gram entries are summed everywhere (any block size, any device)."""
+    total = torch.zeros_like(terms[0])
+    for term in terms:
+        total += term
+    return total
 
 
 def gram_diagonals(source: LayerSource) -> torch.Tensor:
@@ -107,14 +83,11 @@ def gram_diagonals(source: LayerSource) -> torch.Tensor:
     dense products give it, from diagonal blocks of 128 rows."""
     blocks = row_blocks(source.n, min(NORM_BLOCK, source.n))
     out = torch.empty(source.num_layers + 1, source.n, device=source.device)
-    total = LayerSum((source.n,), source.num_layers, source.device)
     for layer in range(source.num_layers):
         x = source.layer(layer)
         for start, end in blocks:
             out[layer + 1, start:end] = torch.mm(x[start:end], x[start:end].T).diagonal()
-        total.add(out[layer + 1])
-        total.end_term()
-    out[0] = total.total()
+    out[0] = add_layers(out[1:])
     return out
 
 
@@ -168,34 +141,27 @@ def neighbour_lists(source: LayerSource, normalize: bool, topk: int, exclude_sel
         diagonals = gram_diagonals(source)
     if learn:
         diagonals = torch.empty(num_layers + 1, n, device=source.device)
-        diagonal_sum = LayerSum((n,), num_layers, source.device)
-    panel_rows = rows_within(PANEL_BYTES, 4 * n * cascade_levels(num_layers), n)
-    for panel in panels(blocks, panel_rows):
+    for panel in panels(blocks, rows_within(PANEL_BYTES, 4 * n, n)):
         first = panel[0][0]
-        concat = LayerSum((panel[-1][1] - first, n), num_layers, source.device)
+        concat = torch.zeros(panel[-1][1] - first, n, device=source.device)
         for layer in range(num_layers):
             x = source.layer(layer)
             norms = None
             for start, end in panel:
                 sim = torch.mm(x[start:end], x.T)
-                concat.add(sim, slice(start - first, end - first))
+                concat[start - first:end - first].add_(sim)
                 if learn:
                     diagonals[layer + 1] = sim.diagonal()
-                    diagonal_sum.add(diagonals[layer + 1])
                 if normalize and norms is None:
                     norms = row_norms(diagonals[layer + 1])
                 indices[layer + 1, start:end], values[layer + 1, start:end] = top_neighbours(
                     sim, start, norms, topk, exclude_self)
-            concat.end_term()
-            if learn:
-                diagonal_sum.end_term()
         if learn:
-            diagonals[0] = diagonal_sum.total()
+            diagonals[0] = add_layers(diagonals[1:])
         norms = row_norms(diagonals[0]) if normalize else None
-        total = concat.total()
         for start, end in panel:
             indices[0, start:end], values[0, start:end] = top_neighbours(
-                total[start - first:end - first], start, norms, topk, exclude_self)
+                concat[start - first:end - first], start, norms, topk, exclude_self)
     return Neighbours(indices, values), diagonals
 
 
@@ -226,29 +192,50 @@ class MemberTable:
         return unpacked.view(*rows.shape, self.count)
 
 
+@contextlib.contextmanager
+def one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """Small index operations on the CPU (list lookups, gathers) run on one thread: thread hand-offs would cost more
+    than the work (several times more on a busy machine). The thread count is restored."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def own_rows(knn: torch.Tensor) -> torch.Tensor:
     """[N, k]: each entry's row index i (the sample whose list it is)."""
     n, k = knn.shape[-2:]
     return torch.arange(n, device=knn.device).unsqueeze(1).expand(n, k)
 
 
-def kernel_entries(source: LayerSource, norms: torch.Tensor | None, rows: torch.Tensor,
-                   cols: torch.Tensor, chunk_bytes: int = BLOCK_BYTES) -> torch.Tensor:
-    """[L + 1, *rows.shape]: every candidate's (normalised) Gram entries at the pairs
-    (rows, cols), from dot products of the rows' features (index 0: concatenation)."""
-    flat_rows, flat_cols = rows.flatten(), cols.flatten()
-    out = torch.empty(source.num_layers + 1, len(flat_rows), device=source.device)
-    total = LayerSum((len(flat_rows),), source.num_layers, source.device)
-    for layer in range(source.num_layers):
+def row_entries(source: LayerSource, norms: torch.Tensor | None, cols: torch.Tensor) -> torch.Tensor:
+    """[L + 1, N, M]: every candidate's (normalised) Gram entries (i, cols[i, t]), cols [N, M].
+
+    From row blocks of the Gram matrices (one product per layer and block, entries gathered)
+    when M is not small against N, else from dot products of the gathered rows."""
+    n, m = cols.shape
+    layers = source.num_layers
+    out = torch.empty(layers + 1, n, m, device=source.device)
+    blocks = row_blocks(n, rows_within(BLOCK_BYTES, 4 * n, n))
+    by_products = n <= 16 * m
+    for layer in range(layers):
         x = source.layer(layer)
-        step = max(1, chunk_bytes // (8 * x.shape[1]))
-        for start in range(0, len(flat_rows), step):
-            part = slice(start, start + step)
-            out[layer + 1, part] = (x[flat_rows[part]] * x[flat_cols[part]]).sum(dim=1)
-        total.add(out[layer + 1])
-        total.end_term()
-    out[0] = total.total()
+        if by_products:
+            for start, end in blocks:
+                out[layer + 1, start:end] = torch.mm(x[start:end], x.T).gather(1, cols[start:end])
+        else:
+            step = max(1, BLOCK_BYTES // (4 * m * x.shape[1]))
+            for start in range(0, n, step):
+                rows = x[start:start + step]
+                out[layer + 1, start:start + step] = torch.einsum(
+                    "rd,rmd->rm", rows, x[cols[start:start + step]])
+    out[0] = add_layers(out[1:])
     if norms is not None:
-        out /= norms[:, flat_rows]
-        out /= norms[:, flat_cols]
-    return out.view(source.num_layers + 1, *rows.shape)
+        out /= norms[:, :, None]
+        out /= norms[:, cols]
+    return out
