@@ -118,7 +118,7 @@ def keep_centred(k: LayerKernels, kind: Kind) -> None:
 # ---- the cost of each way ------------------------------------------------------------------------
 
 def _weightings(k: LayerKernels) -> int:
-    return 1 if k.norms is None else 2
+    return 2 if k.normalize else 1
 
 
 def feature_cost(kx: LayerKernels, ky: LayerKernels, kind: Kind) -> float:
