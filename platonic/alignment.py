@@ -173,6 +173,15 @@ class LayerKernels:
         """[L + 1, N, topk] neighbour indices by inner product, nearest first."""
         return self.neighbours(topk, exclude_self).indices
 
+    def members(self, topk: int, exclude_self: bool = True) -> MemberTable:
+        """The pairs of the neighbour lists as a lookup table (kept: the null reuses it)."""
+        key = ("members", topk, exclude_self)
+        if key not in self.memo:
+            lists = self.knn(topk, exclude_self)
+            with one_cpu_thread(lists.device):
+                self.memo[key] = MemberTable(lists)
+        return self.memo[key]
+
     def entries(self, cols: torch.Tensor) -> torch.Tensor:
         """[L + 1, N, M]: every candidate's normalised Gram entries (i, cols[i, t])."""
         return row_entries(self.source, self.norms, cols)
@@ -239,17 +248,16 @@ def cycle_hits(members_x: MemberTable, knn_yb: torch.Tensor) -> torch.Tensor:
 @register_grid("mutual_knn")
 def mutual_knn_grid(kx: LayerKernels, ky: LayerKernels, topk: int) -> np.ndarray:
     metrics.check_topk(topk, kx.n)
-    knn_x, knn_y = kx.knn(topk), ky.knn(topk)
-    with one_cpu_thread(knn_x.device):
-        counts = mutual_counts(MemberTable(knn_x), knn_y)
+    members_x, knn_y = kx.members(topk), ky.knn(topk)
+    with one_cpu_thread(knn_y.device):
+        counts = mutual_counts(members_x, knn_y)
     return (counts.double() / (kx.n * topk)).cpu().numpy()
 
 
 @register_grid("cycle_knn")
 def cycle_knn_grid(kx: LayerKernels, ky: LayerKernels, topk: int) -> np.ndarray:
     metrics.check_topk(topk, kx.n)
-    with one_cpu_thread(kx.source.device):
-        members_x = MemberTable(kx.knn(topk))
+    members_x = kx.members(topk)
     return _knn_grid(kx, ky, topk,
                      lambda knn_x, knn_yb: cycle_hits(members_x, knn_yb).float().mean(dim=0))
 
@@ -317,13 +325,15 @@ def cknna_grid(kx: LayerKernels, ky: LayerKernels, topk: int | None = None,
     # y's kernels at the positions of every x candidate's lists: [Ly + 1, N, Lx + 1, k]
     at_x = None if distance_agnostic else ky.entries(
         lists_x.indices.permute(1, 0, 2).flatten(1)).view(len(ky), kx.n, len(kx), topk)
+    members_x, members_y = kx.members(topk, unbiased), ky.members(topk, unbiased)
     with one_cpu_thread(lists_x.indices.device):
-        return _cknna_from_lists(lists_x, lists_y, at_x, distance_agnostic, unbiased)
+        return _cknna_from_lists(lists_x, lists_y, members_x, members_y, at_x,
+                                 distance_agnostic, unbiased)
 
 
-def _cknna_from_lists(lists_x: Neighbours, lists_y: Neighbours, at_x: torch.Tensor | None,
-                      distance_agnostic: bool, unbiased: bool) -> np.ndarray:
-    members_x, members_y = MemberTable(lists_x.indices), MemberTable(lists_y.indices)
+def _cknna_from_lists(lists_x: Neighbours, lists_y: Neighbours, members_x: MemberTable,
+                      members_y: MemberTable, at_x: torch.Tensor | None, distance_agnostic: bool,
+                      unbiased: bool) -> np.ndarray:
 
     def similarity(idx: torch.Tensor, mask: torch.Tensor, mask_t: torch.Tensor,
                    k_ij: torch.Tensor, l_ij: torch.Tensor | None) -> torch.Tensor:

@@ -131,7 +131,7 @@ def mutual_knn_null(kx: LayerKernels, ky: LayerKernels, topk: int,
     """Best-over-layer-pairs mutual kNN of x against each row-permuted y: one table lookup of
     y's permuted lists each."""
     metrics.check_topk(topk, kx.n)
-    members = MemberTable(kx.knn(topk))
+    members = kx.members(topk)
     knn_y = ky.knn(topk)  # [Ly+1, N, k]
     out = np.empty(len(perms))
     with one_cpu_thread(knn_y.device):
