@@ -13,17 +13,22 @@ The whole (Lx + 1) x (Ly + 1) grid of scores then comes from the lists or the pr
 `exhaustive_search` is the plain per-pair loop of the original, kept as the oracle the tests
 compare against.
 
-Memory model (float32, N samples, L layers of width D, k neighbours):
-  - grows with N x k: the neighbour lists, 12 (L + 1) N k bytes per model and top-k;
-  - grows with N x D: one layer of features at a time (a feature file is read layer by layer;
-    a tensor given in memory stays whole);
-  - bounded by budgets, whatever N: one row block of a Gram matrix (`neighbours.BLOCK_BYTES`,
-    256 MiB) and one panel of Gram rows (`neighbours.PANEL_BYTES`, 1 GiB);
-  - grows with D_x x D_y: feature-space products of a pair of layers (CKA family);
-  - the dense [L + 1, N, N] stack exists only if asked for (`LayerKernels.grams`), and the
-    calibration keeps centred kernels whole only below `hsic.DENSE_BYTES`.
-Work stays O(N^2 * sum of layer widths) for exact neighbours, or O(N * D_x * D_y) per layer pair
-in feature space: memory, not work, stops being the wall.
+Memory model (float32; N samples, L layers of width D per model, k neighbours):
+  - with N k and the layers: neighbour lists with their similarities, 12 (L + 1) N k bytes per
+    model and k (N = 65,536, 13 layers, k = 10: 110 MB); their pair table, at most
+    (L + 1)^2 N k / 8 bytes; list lookups at most 256 MiB at a time; for cknna, one model's
+    kernel at the other's list positions, 4 (Lx + 1)(Ly + 1) N k bytes;
+  - with N D: one layer of features [N, D] at a time when read from a file (a tensor given in
+    memory stays whole);
+  - with N alone, capped by budgets: one block of Gram rows [B, N] (`neighbours.BLOCK_BYTES`,
+    256 MiB), the concatenation's panel [P, N] and the CKA family's panel of kernel rows of
+    every candidate of both models (`neighbours.PANEL_BYTES`, 1 GiB); row norms, 4 (L + 1) N;
+  - with D_x D_y: the feature-space product of one pair of layers, [2 D_x, 2 D_y] float64;
+  - never with N^2: the dense [L + 1, N, N] stack is built only when asked for
+    (`LayerKernels.grams`); the calibration keeps centred kernels whole only under
+    `hsic.DENSE_BYTES` (1 GiB), where a permutation is then an indexing.
+Work stays O(N^2 * sum of layer widths) for exact neighbours and kernel rows, O(N D_x D_y) per
+layer pair in feature space: memory, not work, stops being the wall.
 """
 
 from __future__ import annotations
