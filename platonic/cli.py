@@ -39,6 +39,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -134,8 +141,8 @@ def add_ray_args(parser: ArgumentTarget) -> None:
                         help="run as Ray tasks: 'auto' joins the running cluster, an address "
                              "(host:6379, ray://host:10001) joins that one, no value starts a "
                              "local Ray instance on this machine")
-    parser.add_argument("--ray_retries", type=int, default=3,
-                        help="times Ray reruns a task whose worker died (default 3)")
+    parser.add_argument("--ray_retries", type=non_negative_int, default=3,
+                        help="times Ray reruns a task whose worker died (default 3; 0: never)")
     parser.add_argument("--gpu_memory_gb", type=positive_float, default=None,
                         help="memory of one cluster GPU, to size each model's GPU request "
                              "(default: this machine's first GPU, else 80)")

@@ -183,12 +183,11 @@ def _probes_on_ray(layout: Layout, model_ids: list[str], config: ProbeConfig, la
     # Workers elsewhere have another working directory: they get the folder as an absolute path.
     layout = Layout.at(layout.base.resolve())
     trained: list[bool] = []
-    with distributed.ray_session(args.ray):
+    with distributed.ray_session(args) as session:
         gpus = PROBE_GPU_SHARE if distributed.tasks_use_gpus(args.device) else 0
         tasks = []
         for model_id in model_ids:
-            task = distributed.remote(probe_task, num_gpus=gpus, max_retries=args.ray_retries,
-                                      name=f"probe {model_id}")
+            task = session.task(probe_task, num_gpus=gpus, name=f"probe {model_id}")
             ref = task.remote(layout, model_id, config, layer, class_idx, args.device, force)
             tasks.append(distributed.Submitted(ref, f"model {model_id}", trained.append))
         try:
