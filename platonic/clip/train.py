@@ -6,7 +6,7 @@ dev and test, exports both towers' features on the sampled test movies (the
 `extract_features.py` format) and measures their alignment with the project's engine.
 
 Layout: `<default_root_dir>/<model.name>/class_<idx>/seed_<seed>/clip-weight_<w>/`
-    metrics.json, logs/version_0/{metrics.csv, hparams.yaml, checkpoints/*.ckpt},
+    metrics.json, logs/version_0/{metrics.csv, checkpoints/*.ckpt},
     features/{text,image}_tower.safetensors, features/selection.json (the aligned movies)
 The folder is built aside and renamed into place once complete. A rerun whose `metrics.json`
 was made from the same settings and the same movies is skipped (nothing is retrained).
