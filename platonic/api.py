@@ -132,14 +132,14 @@ class Alignment:
         and None no score above 0, as `compute_score(reference, feats)` would. With `null=N`,
         each value gains a third item, the `platonic.calibration.Calibration` of the score:
         null from N permutations of your rows, p-value, calibrated score, and a bootstrap CI
-        (`bootstrap` replicates) at the chosen layers.
+        (`bootstrap` replicates) at the chosen layers; an undefined score (NaN) has an
+        undefined (NaN) p-value and calibrated score.
         """
         layered = self._as_layered(feats)
         metrics.get_metric(metric)
         if metric_kwargs(metric, topk, {}).get("topk") is not None:
             metrics.check_topk(topk, self.num_samples)
-        if null:
-            check_counts(null, bootstrap)
+        check_counts(null, bootstrap, null_optional=True)
         mine = LayerKernels(prepare_features(layered, exact=self.precise), normalize)
         out: dict[str, Any] = {}
         for m in self.models:

@@ -2,7 +2,12 @@
 
 Null distribution: N random pairings of the samples (a permutation of one side's rows), each
 scored through the same best-over-layer-pairs search as the score itself. The max over layer
-pairs inflates chance (many pairs, one maximum), so a null without it would be too low.
+pairs inflates chance (many pairs, one maximum), so a null without it would be too low. A null
+value is that maximum whatever its sign: for metrics whose chance level is near 0
+(unbiased_cka) about as many permutations fall below 0 as above, and dropping or voiding them
+would bias (or void) the whole null. Only the observed score follows the published rule: no
+positive value in its grid, no score (NaN); an undefined score has an undefined p-value and
+calibrated score, so it is never significant.
 
 No neighbour list is recomputed: permuting y's rows by pi turns its lists into
 knn'[i] = pi^-1(knn[pi(i)]), an index operation, and no N x N matrix is made per permutation.
@@ -44,6 +49,9 @@ from platonic.errors import PlatonicError
 from platonic.neighbours import MemberTable, Neighbours, one_cpu_thread, own_rows
 
 N_BOOTSTRAP = 1000
+# 2: a null value is the max over layer pairs whatever its sign (was NaN when <= 0), and an
+# undefined score gets an undefined p-value (was 1 / (N + 1)). Part of a result's settings.
+NULL_VERSION = 2
 FAST_NULL_METRICS = ("mutual_knn",)
 PER_SAMPLE_METRICS = ("mutual_knn", "cycle_knn", "lcs_knn", "edit_distance_knn")
 RESAMPLED_METRICS = ("cka", "unbiased_cka")
@@ -137,8 +145,15 @@ def mutual_knn_null(kx: LayerKernels, ky: LayerKernels, topk: int,
     with one_cpu_thread(knn_y.device):
         for p, perm in enumerate(perms.to(knn_y.device)):
             counts = mutual_counts(members, permute_knn(knn_y, perm))
-            out[p] = best_of_grid((counts.double() / (kx.n * topk)).cpu().numpy())[0]
+            out[p] = grid_max((counts.double() / (kx.n * topk)).cpu().numpy())
     return out
+
+
+def grid_max(grid: np.ndarray) -> float:
+    """A permutation's null value: the largest finite score of its grid, whatever its sign
+    (NaN only when no score is finite)."""
+    finite = grid[np.isfinite(grid)]
+    return float(finite.max()) if finite.size else math.nan
 
 
 def permutation_null(kx: LayerKernels, ky: LayerKernels, metric: str, topk: int | None,
@@ -150,8 +165,8 @@ def permutation_null(kx: LayerKernels, ky: LayerKernels, metric: str, topk: int 
         kind = hsic_kind(metric, extra)
         hsic.keep_centred(kx, kind)
         hsic.keep_centred(ky, kind)
-    null = np.array([best_of_grid(score_grid(kx, PermutedKernels(ky, perm), metric, topk,
-                                             **extra))[0] for perm in perms])
+    null = np.array([grid_max(score_grid(kx, PermutedKernels(ky, perm), metric, topk, **extra))
+                     for perm in perms])
     return null, "permuted kernels (the metric's grid per permutation)"
 
 
@@ -226,18 +241,23 @@ def calibrate(kx: LayerKernels, ky: LayerKernels, metric: str = "mutual_knn",
         if best is not None and n_boot > 0 else (math.nan, math.nan)), n_boot=n_boot)
 
 
-def check_counts(n_null: int, n_boot: int) -> None:
-    if n_null < 1:
-        raise PlatonicError(f"the null needs at least 1 permutation, got {n_null}")
+def check_counts(n_null: int, n_boot: int, null_optional: bool = False) -> None:
+    """Permutations (at least 1; with `null_optional` also 0: no null) and bootstrap replicates
+    (0 or more), checked whether or not a null is asked for."""
+    if n_null < 1 and not (null_optional and n_null == 0):
+        raise PlatonicError(f"the null needs at least 1 permutation, got {n_null}"
+                            + (" (0: no null)" if null_optional else ""))
     if n_boot < 0:
         raise PlatonicError(f"the bootstrap needs 0 or more replicates, got {n_boot}")
 
 
 def summarise_null(score: float, null: np.ndarray, method: str, ci_low: float = math.nan,
                    ci_high: float = math.nan, n_boot: int = 0) -> Calibration:
-    """Null mean, 95th percentile, permutation p-value and calibrated score of `score`."""
+    """Null mean, 95th percentile, permutation p-value and calibrated score of `score`; the last
+    two are undefined (NaN) with the score (or the null: a permutation without a finite score)."""
     mean = float(null.mean())
-    p_value = (1 + int(np.count_nonzero(null >= score))) / (len(null) + 1)
-    calibrated = (score - mean) / (1 - mean) if mean < 1 else math.nan
+    defined = math.isfinite(score) and math.isfinite(mean)
+    p_value = (1 + int(np.count_nonzero(null >= score))) / (len(null) + 1) if defined else math.nan
+    calibrated = (score - mean) / (1 - mean) if defined and mean < 1 else math.nan
     return Calibration(score, mean, float(np.percentile(null, 95)), p_value, calibrated,
                        len(null), ci_low, ci_high, n_boot, method)

@@ -19,10 +19,11 @@ task is not retried (it would fail again). One progress line counts finished and
 each failure is named with its model and the first line of its error, and the stage then fails
 with a `PlatonicError` (exit 2) listing them all.
 
-The API for other stages: `ray_session(address)` to connect, `submit`-style tasks via
-`remote(fn)` plus `Submitted`, `wait_for(tasks, desc)` for the progress line and the failure
-report, `task_device(requested)` inside a task, `model_gpus(spec, ...)` for a model's GPU request
-and `remove_stale_temporaries(paths)` after a stage whose tasks write files.
+The API for other stages: `with ray_session(args) as session` to connect (`args`: the flags of
+`cli.add_ray_args`), `session.task(fn, ...)` for every task (the only way to make one here, so
+none can miss `--ray_retries`) plus `Submitted`, `wait_for(tasks, desc)` for the progress line
+and the failure report, `task_device(requested)` inside a task, `model_gpus(spec, ...)` for a
+model's GPU request and `remove_stale_temporaries(paths)` after a stage whose tasks write files.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import dataclasses
 import functools
 import math
 import os
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,33 +77,82 @@ MEMORY_OVERHEAD = 1.2  # weights x this: activations of a batch, CUDA context, f
 SHARED_ENV = ("HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "PLATONIC_CACHE",
               "PLATONIC_CUSTOM_MODELS")
 # Parameters of the ViT sizes of the paper (timm): the vision registry ranks sizes by name only.
+CONNECT_TIMEOUT_S = 5.0  # a cluster address must accept a TCP connection within this
 VIT_PARAMS = {"tiny": 5.7e6, "small": 22e6, "base": 86e6, "large": 304e6, "huge": 632e6,
               "giant": 1.14e9}
 
 
 # ---- connecting -------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class RaySession:
+    """The tasks of one stage on Ray: each is rerun up to `retries` times when its worker dies."""
+
+    retries: int
+
+    def task(self, fn: Callable[..., Any], *, num_gpus: float = 0, num_cpus: float = 1,
+             name: str = "") -> Any:
+        """`fn` as a Ray remote function with these resources and the session's retries (an
+        error raised by `fn` itself is not retried: it would fail again)."""
+        return _remote_function(fn).options(
+            num_gpus=num_gpus, num_cpus=num_cpus, max_retries=self.retries,
+            retry_exceptions=False, name=name or fn.__name__)
+
+
+@functools.cache
+def _remote_function(fn: Callable[..., Any]) -> Any:
+    return ray.remote(fn)
+
+
 @contextlib.contextmanager
-def ray_session(address: str) -> Iterator[None]:
-    """Ray for the block: the running instance if there is one (left running), else started or
-    joined here (`LOCAL_RAY`: a new local instance; 'auto' or an address: a cluster) and shut
-    down after. Task output stays in the workers' logs: the driver shows one progress line."""
+def ray_session(args: argparse.Namespace) -> Iterator[RaySession]:
+    """Ray for the block, from the flags of `cli.add_ray_args` (`args.ray`, `args.ray_retries`):
+    the running instance if there is one (left running), else started or joined here
+    (`LOCAL_RAY`: a new local instance; 'auto' or an address: a cluster) and shut down after.
+    Task output stays in the workers' logs: the driver shows one progress line."""
+    session = RaySession(args.ray_retries)
     if ray.is_initialized():
-        yield
+        yield session
         return
+    address = args.ray
     try:
         if address == LOCAL_RAY:
             ray.init(address="local", include_dashboard=False, log_to_driver=False)
         else:
+            check_reachable(address)
             env = {name: os.environ[name] for name in SHARED_ENV if name in os.environ}
             ray.init(address=address, log_to_driver=False, runtime_env={"env_vars": env})
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise PlatonicError(f"--ray {address}: cannot start or join Ray "
                             f"({first_line(err)})") from err
     try:
-        yield
+        yield session
     finally:
         ray.shutdown()
+
+
+def host_and_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of 'host:port' or 'scheme://host:port' (IPv6 hosts in brackets); None for
+    anything else ('auto', or a form Ray parses and reports itself)."""
+    host, sep, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return None
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Refuse at once, in one line, a cluster address where nothing accepts a connection: Ray
+    itself would retry for minutes, printing a warning every few seconds."""
+    target = host_and_port(address)
+    if target is None:
+        return
+    try:
+        socket.create_connection(target, timeout=timeout_s).close()
+    except OSError as err:
+        raise PlatonicError(f"--ray {address}: nothing accepts connections at "
+                            f"{target[0]}:{target[1]} ({err.strerror or type(err).__name__}); "
+                            "start the cluster there (`ray start --head`) or give its "
+                            "address") from err
 
 
 def cluster_gpus() -> list[float]:
@@ -157,18 +208,6 @@ def task_device(requested: str | None) -> str:
     if requested:
         return requested
     return "cuda" if ray.get_gpu_ids() else "cpu"
-
-
-def remote(fn: Callable[..., Any], *, num_gpus: float = 0, num_cpus: float = 1,
-           max_retries: int = 3, name: str = "") -> Any:
-    """`fn` as a Ray remote function with these resources and retries on worker death."""
-    return _remote_function(fn).options(num_gpus=num_gpus, num_cpus=num_cpus, max_retries=max_retries,
-                                  retry_exceptions=False, name=name or fn.__name__)
-
-
-@functools.cache
-def _remote_function(fn: Callable[..., Any]) -> Any:
-    return ray.remote(fn)
 
 
 # ---- waiting ----------------------------------------------------------------------------------
@@ -273,7 +312,7 @@ def extract_on_ray(language_specs: list[ModelSpec], vision_specs: list[ModelSpec
     levels = list(texts_by_level)
     vision_levels = levels if vision_levels is None else vision_levels
     specs = sorted([*language_specs, *vision_specs], key=lambda s: -(estimated_params(s) or 0))
-    with ray_session(args.ray):
+    with ray_session(args) as session:
         gpu_memory = args.gpu_memory_gb or default_gpu_memory_gb()
         use_gpus = tasks_use_gpus(args.device)
         requests = {spec.id: model_gpus(spec, settings, gpu_memory) if use_gpus else 0
@@ -284,8 +323,8 @@ def extract_on_ray(language_specs: list[ModelSpec], vision_specs: list[ModelSpec
         texts_ref, images_ref = ray.put(texts_by_level), ray.put(shown)
         tasks = []
         for spec in specs:
-            task = remote(extract_model, num_gpus=requests[spec.id], max_retries=args.ray_retries,
-                          name=f"extract {spec.id}")
+            task = session.task(extract_model, num_gpus=requests[spec.id],
+                                name=f"extract {spec.id}")
             ref = task.remote(spec, texts_ref, images_ref, images_sha, vision_levels, settings,
                               args.device)
             tasks.append(Submitted(ref, f"model {spec.id}", lambda part: merge_stats(stats, part)))
@@ -354,14 +393,13 @@ def measure_on_ray(args: argparse.Namespace, x: Side, y: Side, levels: list[Leve
     plans = [plan for plan in plans if plan.todo]
     if not plans:
         return
-    with ray_session(args.ray):
+    with ray_session(args) as session:
         gpus = 1 if tasks_use_gpus(args.device) else 0
         kernel_refs: dict[str, Any] = {}
 
         def kernels_ref(path: Path, fingerprint: str) -> Any:
             if fingerprint not in kernel_refs:
-                task = remote(kernels_of, num_gpus=gpus, max_retries=args.ray_retries,
-                              name=f"kernels {path.name}")
+                task = session.task(kernels_of, num_gpus=gpus, name=f"kernels {path.name}")
                 kernel_refs[fingerprint] = task.remote(str(path.resolve()), args.precise,
                                                        args.device, args.metric, args.topk)
             return kernel_refs[fingerprint]
@@ -372,8 +410,8 @@ def measure_on_ray(args: argparse.Namespace, x: Side, y: Side, levels: list[Leve
             for i, js in plan.todo.items():
                 refs = [(j, plan.fps_y[j], kernels_ref(plan.paths_y[j], plan.fps_y[j]))
                         for j in js]
-                task = remote(score_row, num_gpus=gpus, max_retries=args.ray_retries,
-                              name=f"align {x.models[i]} u={plan.level}")
+                task = session.task(score_row, num_gpus=gpus,
+                                    name=f"align {x.models[i]} u={plan.level}")
                 ref = task.remote(str(plan.paths_x[i].resolve()), plan.fps_x[i], refs, args)
                 tasks.append(Submitted(ref, f"model {x.models[i]} (level {plan.level})",
                                        lambda row, i=i, level=level: level.add_row(i, row)))

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from platonic import cli, metrics
 from platonic.alignment import LayerKernels, best_of_grid, load_kernels, score_grid
-from platonic.calibration import Calibration, calibrate, check_counts
+from platonic.calibration import NULL_VERSION, Calibration, calibrate, check_counts
 from platonic.data import dataset_label
 from platonic.devices import pick_device
 from platonic.errors import PlatonicError
@@ -93,7 +93,7 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
                 "precise": args.precise, "order": "metric(y, x)"}
     if args.null:
         settings["null"] = {"permutations": args.null, "bootstrap": args.bootstrap,
-                            "seed": args.null_seed, "permuted": "x"}
+                            "seed": args.null_seed, "permuted": "x", "version": NULL_VERSION}
     return settings
 
 
@@ -261,8 +261,7 @@ def measure_level(args: argparse.Namespace, x: Side, y: Side, level: Level,
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.dataset, args.subset = dataset_label(args.dataset, args.subset)
-    if args.null:
-        check_counts(args.null, args.bootstrap)
+    check_counts(args.null, args.bootstrap, null_optional=True)
     x, y = side_from_args(args, "x"), side_from_args(args, "y")
     levels = parse_levels(args.levels) if args.levels else [None]
     if args.ray:

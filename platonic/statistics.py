@@ -195,11 +195,14 @@ def chance_by_level(study: Study) -> pd.DataFrame | None:
     rows = study.frame.dropna(subset=["null_mean"])
     if rows.empty:
         return None
+    # An undefined score is never significant, also in results written before its p-value was
+    # made undefined too (NULL_VERSION 1 gave it 1 / (N + 1)).
+    rows = rows.assign(significant=(rows["p_value"] < SIGNIFICANCE) & rows["score"].notna())
     grouped = rows.groupby("level", sort=True)
     return pd.DataFrame({
         "mean_score": grouped["score"].mean(), "null_mean": grouped["null_mean"].mean(),
         "null_p95": grouped["null_p95"].mean(), "calibrated": grouped["calibrated"].mean(),
-        "significant": grouped["p_value"].apply(lambda p: int((p < SIGNIFICANCE).sum())),
+        "significant": grouped["significant"].sum().astype(int),
         "n_pairs": grouped.size(),
     }).reset_index()
 

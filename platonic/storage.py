@@ -47,20 +47,31 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(target: str | os.PathLike, marker: str) -> Iterator[Path]:
+def atomic_dir(target: str | os.PathLike, marker: str, replace: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside `target`, renamed onto it if the block succeeds; if a
-    concurrent builder got there first (`target/marker` exists), its folder is kept. The
-    temporary folder never outlives the block."""
+    concurrent builder got there first (`target/marker` exists), its folder is kept.
+
+    With `replace`, an existing `target` is replaced instead: moved aside only once the new
+    folder is complete, deleted once the new one is in place, put back if that fails (kept
+    aside if even that fails). A failed block leaves `target` as it was. The temporary folder
+    never outlives the block."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    previous = tmp.with_name(f"{tmp.name}.previous")
     try:
         yield tmp
+        if replace and target.exists():
+            os.replace(target, previous)
         try:
             os.replace(tmp, target)
         except OSError:
+            if previous.exists():
+                os.replace(previous, target)
+                raise
             if not (target / marker).exists():
                 raise
+        shutil.rmtree(previous, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -124,6 +124,7 @@ def load_study(spec: StudySpec, align_dir: str | os.PathLike,
     frame["bits_per_byte"] = _bits_per_byte_column(frame, spec, features_dir, notes)
     notes.extend(_incomplete_model_notes(frame, levels))
     notes.extend(_undefined_score_notes(frame))
+    notes.extend(_missing_null_notes(frame))
     return Study(spec, levels, frame, notes)
 
 
@@ -143,6 +144,7 @@ def _result_rows(spec: StudySpec, result: AlignmentResult, level: int) -> list[d
             cal = result.calibration.get((i, j))
             rows.append({
                 **{c: math.nan if cal is None else getattr(cal, c) for c in CALIBRATION_COLUMNS},
+                "null_measured": cal is not None,
                 "level": level, "language_model": lm, "vision_model": vm,
                 "vision_family": vision.family, "vision_size": vision.size,
                 "metric": result.metric, "topk": result.topk, "score": float(result.scores[i, j]),
@@ -211,6 +213,26 @@ def _undefined_score_notes(frame: pd.DataFrame) -> list[str]:
         notes.append(f"{lm} x {vm}: undefined score (no positive finite value in its layer grid) "
                      f"at level(s) {join_values(sorted(group['level']))}; left out of the means, "
                      f"trends and slopes")
+    return notes
+
+
+def _missing_null_notes(frame: pd.DataFrame) -> list[str]:
+    """When some results hold a null (`--null`): a note per level without one, and per model
+    pair whose null is missing or undefined at a level that has one; the chance table leaves
+    them out."""
+    if not frame["null_mean"].notna().any():
+        return []
+    with_null = frame.groupby("level")["null_measured"].transform("any")
+    bare = sorted(frame.loc[~with_null, "level"].unique())
+    notes = [f"level(s) {join_values(bare)}: measured without --null; no row in the chance "
+             f"table"] if bare else []
+    lacking = frame[with_null & frame["null_mean"].isna()]
+    for (lm, vm, measured), rows in lacking.groupby(
+            ["language_model", "vision_model", "null_measured"], sort=False):
+        why = ("undefined null (a permutation without a finite score)" if measured
+               else "no null (measured without --null)")
+        notes.append(f"{lm} x {vm}: {why} at level(s) {join_values(sorted(rows['level']))}; "
+                     f"left out of the chance table")
     return notes
 
 

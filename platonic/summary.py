@@ -114,7 +114,7 @@ def _chance_sections(summary: StudySummary) -> list[str]:
         "From `--null`: each pair's score against its permutation null (random pairings of the "
         "samples through the same best-over-layer-pairs search). Means over model pairs; "
         "calibrated = (score - null mean) / (1 - null mean); significant: pairs with "
-        f"permutation p < {SIGNIFICANCE}.",
+        f"permutation p < {SIGNIFICANCE} (an undefined score has no p-value: never significant).",
         markdown_table(["level", "mean score", "null mean", "null 95th pct", "calibrated",
                         "significant"],
                        [[str(r.level), fmt(r.mean_score, 4), fmt(r.null_mean, 4),

@@ -56,6 +56,24 @@ def local_ray():
 
 
 @pytest.fixture
+def ray_submissions(monkeypatch) -> list[tuple[str, int | None]]:
+    """(task name, max_retries) of every Ray task the driver submits from here on, whichever
+    way it was made (a spy on Ray's own submission call)."""
+    from ray.remote_function import RemoteFunction
+
+    submitted: list[tuple[str, int | None]] = []
+    real = RemoteFunction._remote
+
+    def spy(self, args=None, kwargs=None, **options):
+        submitted.append((options.get("name") or self._function_name,
+                          options.get("max_retries", self._default_options.get("max_retries"))))
+        return real(self, args, kwargs, **options)
+
+    monkeypatch.setattr(RemoteFunction, "_remote", spy)
+    return submitted
+
+
+@pytest.fixture
 def tiny_custom_models(tmp_path, tiny_llama_dir) -> Path:
     """A `custom` model list (for $PLATONIC_CUSTOM_MODELS): the tiny Llama and timm's test ViT."""
     models = tmp_path / "models.json"

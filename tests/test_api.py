@@ -112,6 +112,19 @@ def test_get_data_refuses_other_captions(template):
         ref.get_data("text")
 
 
+def test_an_undefined_score_has_no_p_value_and_bad_counts_are_refused(template):
+    """No positive value in the grid: score, p-value and calibrated score are all undefined
+    (never the smallest p-value); a bad bootstrap count is an error even without a null."""
+    ref = _reference(template)
+    undefined = next(feats for feats in (_feats(seed, layers=1) for seed in range(10, 300))
+                     if np.isnan(ref.score(feats, metric="unbiased_cka")[MODELS[0]][0]))
+    score, layers, cal = ref.score(undefined, metric="unbiased_cka", null=30)[MODELS[0]]
+    assert np.isnan(score) and layers is None and np.isfinite(cal.null_mean)
+    assert np.isnan(cal.p_value) and np.isnan(cal.calibrated)
+    with pytest.raises(PlatonicError, match="bootstrap needs 0 or more replicates, got -1"):
+        ref.score(undefined, bootstrap=-1)
+
+
 def test_sample_count_mismatch_is_a_clear_error(template):
     with pytest.raises(PlatonicError, match=f"features have {N - 1} rows .* hold {N} samples"):
         _reference(template).score(np.zeros((N - 1, 8), dtype=np.float32))

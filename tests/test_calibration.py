@@ -9,11 +9,12 @@ import pytest
 import torch
 from scipy import stats
 
-from platonic.alignment import LayerKernels, compute_score, prepare_features
+from platonic.alignment import LayerKernels, compute_score, exhaustive_search, prepare_features
 from platonic.calibration import (
     PermutedKernels,
     bootstrap_ci,
     calibrate,
+    one_cpu_thread,
     permutation_null,
     permutations,
 )
@@ -32,15 +33,28 @@ def _pair(seed: int, n: int = 120, shared_weight: float = 0.0, layers=(3, 2)):
     return out
 
 
-@pytest.mark.parametrize("metric", ["mutual_knn", "cycle_knn", "lcs_knn", "cka", "cknna"])
-def test_null_equals_scores_recomputed_on_permuted_features(metric):
-    """Each null value is the full search on y's rows shuffled, computed from scratch."""
-    x, y = _pair(0, n=60, shared_weight=1.0)
+def best_over_grid(x: torch.Tensor, y: torch.Tensor, metric: str, topk: int | None) -> float:
+    """The largest score over every layer pair, whatever its sign: the plain per-pair loop."""
+    return float(np.max(exhaustive_search(x, y, metric, topk)[2]))
+
+
+@pytest.mark.parametrize("metric, topk, shared, layers", [
+    ("mutual_knn", 5, 1.0, (3, 2)), ("cycle_knn", 5, 1.0, (3, 2)), ("lcs_knn", 5, 1.0, (3, 2)),
+    ("cka", 5, 1.0, (3, 2)), ("cknna", 5, 1.0, (3, 2)),
+    # unrelated features: many permutations whose best value is 0 (no shared neighbour at all)
+    # or negative (unbiased CKA), which are null values like any other
+    ("mutual_knn", 1, 0.0, (1, 1)), ("unbiased_cka", None, 0.0, (1, 1))])
+def test_null_equals_scores_recomputed_on_permuted_features(metric, topk, shared, layers):
+    """Each null value is the full search on y's rows shuffled, computed from scratch: the best
+    score over layer pairs, whatever its sign."""
+    x, y = _pair(0, n=60, shared_weight=shared, layers=layers)
     kx, ky = LayerKernels(x), LayerKernels(y)
-    perms = permutations(60, 6, seed=3)
-    null, _ = permutation_null(kx, ky, metric, 5, perms)
-    oracle = [compute_score(x, y[perm], metric, 5)[0] for perm in perms]
-    np.testing.assert_allclose(null, oracle, rtol=1e-6, atol=1e-9)
+    perms = permutations(60, 12, seed=3)
+    null, _ = permutation_null(kx, ky, metric, topk, perms)
+    oracle = [best_over_grid(x, y[perm], metric, topk) for perm in perms]
+    np.testing.assert_allclose(null, oracle, rtol=1e-6, atol=1e-7)
+    if not shared:
+        assert min(oracle) <= 0  # the case a null of positive maxima only would get wrong
 
 
 def test_permuted_view_indexes_kernels_and_neighbour_lists():
@@ -77,6 +91,67 @@ def test_independent_features_give_uniform_p_values_and_zero_calibrated_score():
     assert deciles.min() >= 8 and deciles.max() <= 36  # 20 expected per decile
     assert abs(np.mean(calibrated)) < 0.005 and np.std(calibrated) < 0.02
     assert np.mean(null_means) > 10 / 99
+
+
+def test_calibration_is_the_published_formulas_on_the_null():
+    """Null mean, 95th percentile, p-value and calibrated score against the null recomputed from
+    scratch (the per-pair loop on y's shuffled rows): a chance level well above 0 makes a wrong
+    denominator (1 + null mean) or a p-value without its +1 differ."""
+    x, y = _pair(8, n=40, shared_weight=0.8, layers=(2, 2))
+    cal = calibrate(LayerKernels(x), LayerKernels(y), "mutual_knn", 5, n_null=30, n_boot=0, seed=4)
+    null = np.array([best_over_grid(x, y[perm], "mutual_knn", 5)
+                     for perm in permutations(40, 30, seed=4)])
+    score = compute_score(x, y, "mutual_knn", 5)[0]
+    mean = null.mean()
+    assert 0.1 < mean < score < 1 and (null >= score).sum() > 0  # the formulas' terms all matter
+    assert cal.score == score and cal.n_null == 30
+    assert cal.null_mean == pytest.approx(mean, abs=1e-12)
+    assert cal.null_p95 == pytest.approx(np.percentile(null, 95), abs=1e-12)
+    assert cal.p_value == (1 + (null >= score).sum()) / 31
+    assert cal.calibrated == pytest.approx((score - mean) / (1 - mean), abs=1e-12)
+
+
+def _undefined_pair(metric: str = "unbiased_cka") -> tuple[torch.Tensor, torch.Tensor]:
+    """Unrelated one-layer features whose grid has no positive value: an undefined score."""
+    for seed in range(100):
+        x, y = _pair(300 + seed, n=30, layers=(1, 1))
+        if np.isnan(compute_score(x, y, metric)[0]):
+            return x, y
+    raise AssertionError("no undefined pair among 100 seeds")
+
+
+def test_undefined_score_has_undefined_p_value_and_calibrated_score():
+    """No positive value in the layer grid: the score, its p-value and calibrated score are
+    undefined (null in JSON), never the smallest p-value; the null itself is still defined."""
+    x, y = _undefined_pair()
+    cal = calibrate(LayerKernels(x), LayerKernels(y), "unbiased_cka", None, n_null=50, n_boot=10)
+    assert np.isnan(cal.score) and np.isnan(cal.p_value) and np.isnan(cal.calibrated)
+    assert np.isfinite(cal.null_mean) and np.isfinite(cal.null_p95)
+    stored = cal.to_json()
+    assert stored["score"] is None and stored["p_value"] is None and stored["calibrated"] is None
+    assert stored["null_mean"] == cal.null_mean
+
+
+def test_unbiased_cka_null_is_finite_near_zero_and_p_values_uniform():
+    """unbiased_cka's chance level is 0: permutations whose best layer pair is <= 0 are part of
+    the null. 1000 permutations of one unrelated one-layer pair (a grid of one value, whose
+    permutation mean is exactly 0) give a finite null mean near 0; over many unrelated pairs the
+    p-values are uniform (an undefined score, p undefined, counts as 1)."""
+    with one_cpu_thread(torch.device("cpu")):  # thousands of tiny grids: threads cost more
+        x, y = _pair(400, n=30, layers=(1, 1))
+        cal = calibrate(LayerKernels(x), LayerKernels(y), "unbiased_cka", None, n_null=1000,
+                        n_boot=0)
+        assert np.isfinite([cal.null_mean, cal.null_p95]).all()
+        assert abs(cal.null_mean) < 0.005 and cal.null_p95 > 0
+        p_values = []
+        for seed in range(80):
+            x, y = _pair(500 + seed, n=16, layers=(2, 2))
+            cal = calibrate(LayerKernels(x), LayerKernels(y), "unbiased_cka", None, n_null=39,
+                            n_boot=0, seed=seed)
+            assert np.isfinite(cal.null_mean)
+            p_values.append(1.0 if np.isnan(cal.p_value) else cal.p_value)
+    assert stats.kstest(p_values, "uniform").pvalue > 0.01
+    assert 0.1 < np.mean(np.asarray(p_values) <= 0.25) < 0.4
 
 
 def test_bootstrap_ci_resamples_per_sample_overlaps():
@@ -136,10 +211,31 @@ def test_measure_null_writes_reuses_and_recomputes(tmp_path):
     stamp = out.stat().st_mtime_ns
     run(tmp_path, "--null", "50", "--bootstrap", "100")
     assert out.stat().st_mtime_ns == stamp  # up to date: nothing recomputed
+    # a result whose null was made by the rules before NULL_VERSION 2 is remade
+    data = json.loads(out.read_text())
+    assert data["settings"]["null"].pop("version") == 2
+    out.write_text(json.dumps(data))
+    run(tmp_path, "--null", "50", "--bootstrap", "100")
+    assert json.loads(out.read_text())["settings"]["null"]["version"] == 2
     run(tmp_path, "--null", "20", "--bootstrap", "100")
     assert load_result(out).calibration[(0, 1)].n_null == 20
     run(tmp_path)
     assert "calibration" not in json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--bootstrap", "-1"), "the bootstrap needs 0 or more replicates, got -1"),
+    (("--null", "-1"), "the null needs at least 1 permutation, got -1 (0: no null)")])
+def test_bad_counts_are_refused_with_or_without_null(tmp_path, flags, message):
+    """Checked before any work, also when they would not be used: a calibrated result stays."""
+    from tests.test_measure import run, write_models
+
+    write_models(tmp_path / "feats")
+    out = run(tmp_path, "--null", "5", "--bootstrap", "10")
+    before = out.read_bytes()
+    with pytest.raises(PlatonicError) as err:
+        run(tmp_path, *flags)
+    assert str(err.value) == message and out.read_bytes() == before
 
 
 def test_measure_bad_null_is_one_line_error(tmp_path):

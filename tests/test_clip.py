@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import math
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -189,22 +193,74 @@ def test_class_idx_with_and_without_plus_and_paper_launcher_overrides():
     assert cfg.model.model.image_tower == "vit_base_patch32_clip_224.openai"
 
 
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Loading a tower fails the test: the checks must come first."""
+    import platonic.clip.train as train
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("a model was loaded before the settings were checked")
+
+    monkeypatch.setattr(train, "build_text_tower", loaded)
+    monkeypatch.setattr(train, "build_image_tower", loaded)
+
+
 @pytest.mark.parametrize("override, message", [
     ("class_idx=23", "class_idx 23 is outside 0..22"),
     ("class_idx=-1", "class_idx -1 is outside 0..22"),
-    ("model.model.clip_weight=-0.5", "clip_weight must be a number >= 0, got -0.5"),
+    ("class_idx=abc", "class_idx 'abc' is not an integer"),
+    ("class_idx=2.5", "class_idx 2.5 is not an integer"),
+    ("model.model.clip_weight=-0.5", "clip_weight must be a finite number >= 0, got -0.5"),
+    ("model.model.clip_weight=inf", "clip_weight must be a finite number >= 0, got inf"),
+    ("model.model.clip_weight=nan", "clip_weight must be a finite number >= 0, got nan"),
     ("model.model.text_tower=bert_huge", "unknown text tower 'bert_huge'"),
     ("model.model.image_tower=resnet_9000", "unknown image tower 'resnet_9000'"),
     ("data.root=/nonexistent/mmimdb", "MM-IMDb root /nonexistent/mmimdb does not exist"),
+    ("trainer.max_epochs=0", "trainer.max_epochs must be a whole number >= 1, got 0"),
+    ("trainer.max_epochs=-1", "trainer.max_epochs must be a whole number >= 1, got -1"),
+    ("data.batch_size=0", "data.batch_size must be a whole number >= 1, got 0"),
+    ("data.num_workers=-2", "data.num_workers must be a whole number >= 0, got -2"),
+    ("data.align_samples=1", "data.align_samples must be a whole number >= 2, got 1"),
+    ("data.sample_seed=-1", "data.sample_seed must be a whole number in 0..4294967295, got -1"),
+    ("seed=-1", "seed must be a whole number in 0..4294967295, got -1"),
+    ("loss.pos_weight=-2", "loss.pos_weight must be 'balanced', a number > 0 or null, got -2"),
+    ("alignment.metric=bogus", "alignment.metric: unknown metric 'bogus'"),
+    ("alignment.topk=0", "alignment.topk must be a whole number >= 1, got 0"),
+    ("alignment.topk=ten", "alignment.topk must be a whole number >= 1, got 'ten'"),
+    ("alignment.topk=32", "topk=32 must be between 1 and N-1=31 (N = 32 samples)"),  # 32 aligned
 ])
-def test_bad_settings_are_one_line_errors_before_any_model_loads(tmp_path, override, message):
+def test_bad_settings_are_one_line_errors_before_any_model_loads(tmp_path, no_model_loads,
+                                                                  override, message):
     from platonic.clip.train import run
 
     cfg = compose_cfg(*small_run_overrides(tmp_path), override)
-    with pytest.raises(PlatonicError, match=message.replace("(", r"\(")) as err:
+    with pytest.raises(PlatonicError, match=re.escape(message)) as err:
         run(cfg)
     assert "\n" not in str(err.value)
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_run_folder_is_named_by_the_exact_weight_and_equal_weights_are_one_run(tmp_path):
+    from platonic.clip.settings import check_settings, fingerprints, run_settings
+
+    def folder_and_fingerprint(weight: str) -> tuple[str, str]:
+        cfg = compose_cfg(*small_run_overrides(tmp_path, f"model.model.clip_weight={weight}"))
+        settings = check_settings(cfg)
+        return settings.run_dir.name, fingerprints(run_settings(cfg), {}, settings.clip_weight)[0]
+
+    names = {w: folder_and_fingerprint(w) for w in ("1", "1.0", "0.1234567", "0.1234568", "0",
+                                                    "0.0", "-0.0", "0.25", "1e-05")}
+    assert names["1"] == names["1.0"] and names["1"][0] == "clip-weight_1"  # as named so far
+    assert names["0"] == names["0.0"] == names["-0.0"] and names["0"][0] == "clip-weight_0"
+    assert names["0.25"][0] == "clip-weight_0.25" and names["1e-05"][0] == "clip-weight_1e-05"
+    assert names["0.1234567"][0] == "clip-weight_0.1234567"
+    assert names["0.1234568"][0] == "clip-weight_0.1234568"
+    assert names["0.1234567"][1] != names["0.1234568"][1]
+    # every name reads back as exactly its weight, so different weights never share a folder
+    from platonic.clip.settings import weight_folder_name
+
+    for weight in (0.1, 1 / 3, 2.5e-7, 123456.75, 1e22, 0.30000000000000004):
+        assert float(weight_folder_name(weight).removeprefix("clip-weight_")) == weight
 
 
 def test_missing_class_idx_model_or_data_are_named():
@@ -236,7 +292,77 @@ def test_command_line_error_is_one_line_and_exit_status_2(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+# ---- sweep summary ------------------------------------------------------------------------------
+
+def _plant_run(folder: Path, weight: float, max_epochs: int, test_f1: float, written_at: int,
+               name: str | None = None) -> dict:
+    """A finished run's metrics.json as `run` writes it (only what the summary reads)."""
+    from platonic.clip.settings import fingerprints, weight_folder_name
+
+    settings = {"trainer": {"max_epochs": max_epochs}, "optim": {"lr": 1e-4}}
+    data = {"root": "/data/mmimdb", "splits": {}}
+    whole, shared = fingerprints(settings, data, weight)
+    run_dir = folder / (name or weight_folder_name(weight))
+    metrics = {"clip_weight": weight, "class_idx": 19, "genre": "western", "seed": 42,
+               "model": "CLIPSup-demo", "max_epochs": max_epochs, "best_epoch": 1,
+               "num_align": 159, "dev": {"f1": 0.1, "f1_macro": 0.5},
+               "test": {"f1": test_f1, "f1_macro": 0.5},
+               "alignment": {"score": 0.07, "topk": 10, "text_layer": "all", "image_layer": "all"},
+               "checkpoint": str(run_dir / "best.ckpt"), "run_dir": str(run_dir),
+               "settings": settings, "data": data,
+               "config_sha256": whole, "settings_sha256": shared}
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    os.utime(run_dir / "metrics.json", (written_at, written_at))
+    return metrics
+
+
+def test_sweep_summary_holds_runs_of_one_settings_and_lists_the_others(tmp_path, caplog):
+    """Weights 0 and 1 trained for 2 epochs, then 0.5 rerun for 30: one curve per settings."""
+    from platonic.clip.summary import write_summary
+
+    two = [_plant_run(tmp_path, w, 2, f1, 1000) for w, f1 in ((0.0, 0.1), (1.0, 0.3))]
+    thirty = _plant_run(tmp_path, 0.5, 30, 0.9, 2000)
+    legacy = _plant_run(tmp_path, 0.1234567, 2, 0.2, 1000, name="clip-weight_0.123457")
+
+    def table(name: str) -> list[dict[str, str]]:
+        with open(tmp_path / name) as f:
+            return list(csv.DictReader(f))
+
+    with caplog.at_level("WARNING"):
+        write_summary(tmp_path, two[0]["settings_sha256"])
+    assert [(float(r["clip_weight"]), float(r["test_f1"])) for r in table("sweep.csv")] == \
+        [(0.0, 0.1), (1.0, 0.3)]
+    left_out = {float(r["clip_weight"]): r["reason"] for r in table("sweep_left_out.csv")}
+    assert left_out == {
+        0.5: "other settings: trainer.max_epochs=30 (summary: 2)",
+        0.1234567: "its folder name is not its exact clip_weight (clip-weight_0.1234567)"}
+    assert f"{thirty['run_dir']}: left out of the sweep summary: other settings: " \
+           "trainer.max_epochs=30 (summary: 2)" in caplog.text
+    assert f"{legacy['run_dir']}: left out" in caplog.text
+
+    write_summary(tmp_path)  # no sweep named: the newest run's settings
+    assert [float(r["clip_weight"]) for r in table("sweep.csv")] == [0.5]
+    assert sorted(float(r["clip_weight"]) for r in table("sweep_left_out.csv")) == \
+        [0.0, 0.1234567, 1.0]
+
+    for run in (thirty, legacy):
+        shutil.rmtree(run["run_dir"])
+    write_summary(tmp_path)
+    assert [float(r["clip_weight"]) for r in table("sweep.csv")] == [0.0, 1.0]
+    assert not (tmp_path / "sweep_left_out.csv").exists()  # none left out: no stale list
+
+
 # ---- small runs on the embedded fixture ---------------------------------------------------------
+
+VARYING_DEV_F1 = ["class_idx=0", "trainer.max_epochs=4", "optim.lr=1e-3"]
+
+
+def varying_run_overrides(root: Path, *extra: str) -> list[str]:
+    """Genre 0 (drama, half the movies), 4 epochs at a high learning rate: dev F1 changes from
+    epoch to epoch (0.270, 0.278, 0.276, 0.222 here), best at neither end, worst at the last."""
+    return small_run_overrides(root, "model.model.clip_weight=0.5", *VARYING_DEV_F1, *extra)
+
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
@@ -244,8 +370,7 @@ def two_runs(tmp_path_factory):
     from platonic.clip.train import run
 
     roots = [tmp_path_factory.mktemp(f"run{i}") for i in range(2)]
-    return [run(compose_cfg(*small_run_overrides(root, "model.model.clip_weight=0.5")))
-            for root in roots]
+    return [run(compose_cfg(*varying_run_overrides(root))) for root in roots]
 
 
 def test_same_seed_gives_same_metrics(two_runs):
@@ -255,18 +380,54 @@ def test_same_seed_gives_same_metrics(two_runs):
     assert first["run_dir"] != second["run_dir"]
 
 
-def test_checkpoint_is_chosen_on_dev_f1(two_runs):
+def _logged_dev_f1(metrics: dict) -> list[dict[str, str]]:
+    with open(Path(metrics["run_dir"]) / "logs" / "version_0" / "metrics.csv") as f:
+        return [r for r in csv.DictReader(f) if r.get("val_f1")]
+
+
+def test_checkpoint_is_the_epoch_of_the_highest_dev_f1(two_runs):
     metrics = two_runs[0]
     assert metrics["selected_on"] == "val_f1"
-    with open(next(Path(metrics["run_dir"]).glob("logs/version_*/metrics.csv"))) as f:
-        rows = [r for r in csv.DictReader(f) if r.get("val_f1")]
-    dev_f1 = [float(r["val_f1"]) for r in rows[:2]]  # the 2 training epochs
-    assert len(rows) == 3  # then the best checkpoint validated again, to the same score
-    assert float(rows[2]["val_f1"]) == pytest.approx(max(dev_f1))
-    assert metrics["best_epoch"] == dev_f1.index(max(dev_f1))  # first best epoch on dev
+    rows = _logged_dev_f1(metrics)
+    epochs = metrics["max_epochs"]
+    assert len(rows) == epochs + 1  # one per training epoch, then the best checkpoint again
+    assert [int(r["epoch"]) for r in rows[:epochs]] == list(range(epochs))
+    dev_f1 = [float(r["val_f1"]) for r in rows[:epochs]]
+    best = dev_f1.index(max(dev_f1))  # the first epoch with the highest dev F1
+    assert dev_f1.index(min(dev_f1)) != best and best not in (0, epochs - 1)  # the choice matters
+    assert metrics["best_epoch"] == best
+    assert float(rows[epochs]["val_f1"]) == pytest.approx(max(dev_f1))
     assert metrics["dev"]["f1"] == pytest.approx(max(dev_f1))
     assert Path(metrics["checkpoint"]).is_file()
-    assert f"epoch={metrics['best_epoch']}" in Path(metrics["checkpoint"]).name
+    assert f"epoch={best}-" in Path(metrics["checkpoint"]).name
+
+
+def test_exported_features_are_the_sampled_test_movies(two_runs):
+    """The rows of the exported features are test movies (by split.json itself, not by the
+    data module), listed in features/selection.json, and are those movies' embeddings under
+    the best checkpoint."""
+    from platonic.features import load_features
+    from platonic.mmimdb.dataset import ensure_fixture
+
+    metrics = two_runs[0]
+    assert metrics["data"]["root"] == str(ensure_fixture())
+    split = json.loads((ensure_fixture() / "split.json").read_text())
+    features = Path(metrics["features"]["text"]).parent
+    selection = json.loads((features / "selection.json").read_text())
+    ids = selection["ids"]
+    assert len(set(ids)) == len(ids) == metrics["num_align"] == 32
+    assert set(ids) <= set(split["test"]) and not set(ids) & (set(split["train"]) | set(split["dev"]))
+    text = load_features(metrics["features"]["text"])
+    assert text.meta["ids_sha256"] == hashlib.sha256("\n".join(ids).encode()).hexdigest()
+    assert load_features(metrics["features"]["image"]).meta["ids_sha256"] == text.meta["ids_sha256"]
+
+    checkpoint = torch.load(metrics["checkpoint"], map_location="cpu", weights_only=True)
+    module = CLIPSup(build_text_tower("tiny_bert", 32), build_image_tower("tiny_vit", 32), 0.5)
+    module.load_state_dict(checkpoint["state_dict"])
+    module.eval()
+    with torch.no_grad():
+        _, embedding = module.embed_text([m["text"] for m in selection["movies"]])
+    assert torch.allclose(text.feats[:, 1, :32], embedding, atol=1e-5)
 
 
 def test_alignment_is_the_engines_score_of_the_exported_features(two_runs):
@@ -293,6 +454,107 @@ def test_finished_run_is_reused(two_runs, tmp_path):
 
     metrics = two_runs[0]
     root = Path(metrics["run_dir"]).parents[3]
-    again = run(compose_cfg(*small_run_overrides(root, "model.model.clip_weight=0.5")))
+    again = run(compose_cfg(*varying_run_overrides(root)))
     assert again == metrics
     assert len(list(Path(metrics["run_dir"]).glob("logs/version_*"))) == 1
+
+
+def _fixture_copy(tmp_path: Path) -> Path:
+    from platonic.mmimdb.dataset import ensure_fixture
+
+    copy = tmp_path / "mmimdb"
+    shutil.copytree(ensure_fixture(), copy)
+    return copy
+
+
+def test_data_identity_follows_the_movies_read(tmp_path):
+    """Same movies in another folder: same ids and content; one changed plot, genre list or
+    poster byte: another content hash for that split only."""
+    from platonic.clip.data import RunMovies
+    from platonic.mmimdb.dataset import ensure_fixture
+
+    def identity(root: Path) -> dict:
+        return RunMovies.select(root, 32, 0).identity()
+
+    original = identity(ensure_fixture())
+    copy = _fixture_copy(tmp_path)
+    assert identity(copy)["splits"] == original["splits"]
+    assert identity(copy)["root"] == str(copy) != original["root"]
+    movies = RunMovies.select(copy, 32, 0).selections
+    changes = [(("train",), lambda m: _edit_json(copy, m.id, "plot", [m.text + " again"])),
+               (("dev",), lambda m: _edit_json(copy, m.id, "genres", [*m.genres, "Western"])),
+               (("test", "align"), _repaint_poster)]
+    for splits, change in changes:
+        change(movies[splits[-1]].movies[0])
+        changed = identity(copy)["splits"]
+        for split in splits:
+            assert changed[split]["ids_sha256"] == original["splits"][split]["ids_sha256"]
+            assert changed[split]["content_sha256"] != original["splits"][split]["content_sha256"]
+            original["splits"][split] = changed[split]
+        assert changed == original["splits"]  # nothing else moved
+
+
+def _repaint_poster(movie) -> None:
+    from PIL import Image
+
+    with Image.open(movie.image_path) as image:
+        poster = image.convert("RGB")
+    poster.putpixel((0, 0), tuple(255 - c for c in poster.getpixel((0, 0))))
+    poster.save(movie.image_path, "JPEG")
+
+
+def _edit_json(root: Path, movie_id: str, key: str, value: object) -> None:
+    path = root / "dataset" / f"{movie_id}.json"
+    record = json.loads(path.read_text())
+    record[key] = value
+    path.write_text(json.dumps(record))
+
+
+def test_finished_run_is_not_reused_for_another_dataset(two_runs, tmp_path, monkeypatch,
+                                                        no_model_loads):
+    """`data.root: null` with $MMIMDB_ROOT naming another dataset: the settings are the same,
+    the movies are not, so the run is redone (here: stopped where the towers would load)."""
+    from platonic.clip.train import run
+
+    copy = _fixture_copy(tmp_path)
+    first_train = json.loads((copy / "split.json").read_text())["train"][0]
+    _edit_json(copy, first_train, "genres", ["Drama"])
+    monkeypatch.setenv("MMIMDB_ROOT", str(copy))
+    root = Path(two_runs[0]["run_dir"]).parents[3]
+    with pytest.raises(AssertionError, match="a model was loaded"):
+        run(compose_cfg(*varying_run_overrides(root)))
+
+
+def test_a_failed_rerun_with_other_settings_leaves_the_previous_run_whole(two_runs, monkeypatch):
+    """A rerun with other settings that fails after writing its features (before its
+    metrics.json) changes nothing; the old settings are then still reused, and a rerun that
+    succeeds replaces the whole folder."""
+    import platonic.clip.train as train
+    from platonic.storage import sha256_file
+
+    metrics = two_runs[1]
+    run_dir = Path(metrics["run_dir"])
+    root = run_dir.parents[3]
+
+    def files() -> dict[str, str]:
+        return {str(p.relative_to(run_dir)): sha256_file(p) for p in run_dir.rglob("*") if p.is_file()}
+
+    before = files()
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("crash after the features were written")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "measure_alignment", crash)
+        with pytest.raises(RuntimeError, match="crash after the features"):
+            train.run(compose_cfg(*varying_run_overrides(root, "trainer.max_epochs=1")))
+    assert files() == before
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == [run_dir.name]  # nothing aside
+    assert train.run(compose_cfg(*varying_run_overrides(root))) == metrics
+
+    replaced = train.run(compose_cfg(*varying_run_overrides(root, "trainer.max_epochs=1")))
+    assert replaced["max_epochs"] == 1 and replaced["config_sha256"] != metrics["config_sha256"]
+    assert json.loads((run_dir / "metrics.json").read_text()) == replaced
+    assert [p.name for p in run_dir.glob("logs/version_*/checkpoints/*.ckpt")] == \
+        [Path(replaced["checkpoint"]).name]  # the old run's checkpoint went with it
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == [run_dir.name]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from platonic.models import LANGUAGE, VISION, ModelSpec  # noqa: E402
 from platonic.results import grids_path  # noqa: E402
 from platonic.storage import level_dir  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]
 LEVELS = "0,100"
 N = 10
 
@@ -81,16 +84,20 @@ def no_temporaries(root: Path) -> bool:
     return not [p for p in root.rglob("*.tmp")]
 
 
-def test_demo_like_stages_through_ray_equal_a_local_run(tmp_path, local_ray, custom_models, capsys):
+def test_demo_like_stages_through_ray_equal_a_local_run(tmp_path, local_ray, custom_models, capsys,
+                                                        ray_submissions):
     local, on_ray = tmp_path / "local", tmp_path / "ray"
     assert extract.main(extract_args(local)) == 0
     assert measure_main(measure_args(local)) == 0
     capsys.readouterr()
-    assert extract.main(extract_args(on_ray, "--ray")) == 0
+    assert extract.main(extract_args(on_ray, "--ray", "--ray_retries", "0")) == 0
     assert "wrote 4 feature files, reused 0, model loads {" in capsys.readouterr().out
     assert_same_features(on_ray, local, custom_models)
-    assert measure_main(measure_args(on_ray, "--ray")) == 0
+    assert measure_main(measure_args(on_ray, "--ray", "--ray_retries", "0")) == 0
     assert_same_alignment(on_ray, local)
+    # every task of every kind was submitted with the --ray_retries given
+    assert {name.split()[0] for name, _ in ray_submissions} == {"extract", "kernels", "align"}
+    assert {retries for _, retries in ray_submissions} == {0}
     # The alignment JSON names its inputs; beside that, the contents are the local run's.
     assert no_temporaries(on_ray)
     assert extract.main(extract_args(on_ray, "--ray")) == 0
@@ -216,6 +223,60 @@ def test_a_failed_task_is_named_and_the_stage_fails(tmp_path, local_ray, custom_
     assert "\n" not in message
     # The level whose task succeeded is written; the failed one is not.
     assert [p.relative_to(out).parts[0] for p in alignment_files(out)] == ["u=0_alignment"]
+
+
+def _closed_port() -> socket.socket:
+    """A socket bound to a port on 127.0.0.1 and never listening: connections are refused."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    return closed
+
+
+def test_an_unreachable_ray_address_is_one_line_at_once(tmp_path):
+    """Nothing listens at the address: one line naming it, exit 2, in seconds (Ray alone
+    printed warnings for minutes)."""
+    from tests.test_measure import LANG, VIS, write_models
+
+    write_models(tmp_path / "feats")
+    with _closed_port() as closed:
+        address = f"127.0.0.1:{closed.getsockname()[1]}"
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "measure_alignment.py"), "--dataset", "toy", "--subset",
+             "s", "--models_x", *LANG, "--models_y", *VIS, "--input_dir", str(tmp_path / "feats"),
+             "--output_dir", str(tmp_path / "align"), "--topk", "5", "--ray", address],
+            capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --ray {address}: nothing accepts "
+                                                   f"connections at {address} (")
+    assert not (tmp_path / "align").exists()
+
+
+def test_an_unreachable_ray_client_address_is_refused_before_ray_starts():
+    with _closed_port() as closed:
+        port = closed.getsockname()[1]
+        with pytest.raises(PlatonicError, match=rf"--ray ray://127.0.0.1:{port}: nothing accepts"):
+            distributed.check_reachable(f"ray://127.0.0.1:{port}")
+    assert distributed.host_and_port("ray://[::1]:10001") == ("::1", 10001)
+    assert distributed.host_and_port("auto") is None
+
+
+@pytest.mark.parametrize("value", ["-5", "-1"])
+def test_negative_ray_retries_are_refused_by_every_stage(value, capsys):
+    """-1 would mean endless retries to Ray, -5 a traceback: every script with the Ray flags
+    refuses both with one error line."""
+    from platonic import measure
+    from platonic.mmimdb import cli as mmimdb_cli
+
+    parsers = [extract.build_parser, measure.build_parser, mmimdb_cli.extract_parser,
+               mmimdb_cli.probe_parser, mmimdb_cli.measure_parser]
+    for parser in parsers:
+        with pytest.raises(SystemExit) as exit_code:
+            parser().parse_args(["--ray", "--ray_retries", value])
+        assert exit_code.value.code == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.endswith(f"error: argument --ray_retries: must be at least 0, got {value}")
+        assert parser().parse_args(["--ray_retries", "0"]).ray_retries == 0
 
 
 @pytest.mark.parametrize("params, dtype, qlora, memory, expected", [

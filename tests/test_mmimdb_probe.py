@@ -3,12 +3,21 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from sklearn.metrics import accuracy_score, f1_score
 
 from platonic.errors import PlatonicError
+from platonic.features import save_features
+from platonic.mmimdb.dataset import Movie, Selection, read_selection, save_selection
+from platonic.mmimdb.genres import GENRES
+from platonic.mmimdb.layout import Layout
+from platonic.mmimdb.performance import run_probe, task_labels
 from platonic.mmimdb.probe import (
     ProbeConfig,
     binary_metrics,
@@ -18,6 +27,7 @@ from platonic.mmimdb.probe import (
     train_grid,
     train_single,
 )
+from platonic.models import LANGUAGE
 
 
 def toy(n: int, dim: int = 12, classes: int = 4, seed: int = 0):
@@ -102,3 +112,54 @@ def test_bad_config_is_one_line(kwargs):
     with pytest.raises(PlatonicError) as err:
         ProbeConfig(**kwargs)
     assert "\n" not in str(err.value)
+
+
+def _macro_f1(pred: np.ndarray, target: np.ndarray) -> float:
+    """The published macro F1 by a plain loop: per class 2tp / (2tp + fp + fn), 0 when 0/0."""
+    scores = []
+    for c in range(target.shape[1]):
+        tp = sum(1 for p, t in zip(pred[:, c], target[:, c], strict=True) if p and t)
+        fp = sum(1 for p, t in zip(pred[:, c], target[:, c], strict=True) if p and not t)
+        fn = sum(1 for p, t in zip(pred[:, c], target[:, c], strict=True) if t and not p)
+        scores.append(2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else 0.0)
+    return float(np.mean(scores))
+
+
+def _synthetic_split(layout, split: str, model: str, x: np.ndarray, genres: list[list[str]]) -> None:
+    """A saved selection and a one-layer language feature file of the same movies, in order."""
+    movies = [Movie(f"{split}{i}", f"plot {split} {i}", tuple(g), Path("unused.jpeg"))
+              for i, g in enumerate(genres)]
+    selection = Selection(split, movies, 0, "sampler", None)
+    save_selection(layout.selection(split), selection, Path("unused"))
+    save_features(layout.features(split, model, LANGUAGE), torch.from_numpy(x)[:, None, :],
+                  {"texts_sha256": selection.texts_sha256})
+
+
+def test_probe_is_chosen_on_dev_not_test(tmp_path):
+    """Dev labels follow the features, test labels the opposite: a probe chosen on test would be
+    the worst on dev. The saved classifier's dev macro F1, computed here from its weights, is
+    the result's dev figure and the best any setting reaches on dev (each trained separately)."""
+    layout, model = Layout.at(tmp_path), "synthetic/lm"
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(8, 2))
+    data = {}
+    for split, n, sign in (("train", 160, 1), ("dev", 60, 1), ("test", 60, -1)):
+        x = rng.normal(size=(n, 8)).astype(np.float32)
+        y = sign * (x @ w) > 0
+        _synthetic_split(layout, split, model, x,
+                         [[g for g, on in zip(GENRES[:2], row, strict=True) if on] or [GENRES[5]]
+                          for row in y])
+        data[split] = torch.from_numpy(x), torch.from_numpy(task_labels(
+            read_selection(layout.selection(split)), None)).float()
+    config = ProbeConfig((1e-4, 5e-2), (0.0, 0.1), epochs=8, batch_size=32)
+    assert run_probe(layout, model, config) is True
+    perf = json.loads(layout.performance(model).read_text())
+    weights = load_file(layout.weights(model))
+    logits = {s: (x @ weights["weight"].T + weights["bias"]).numpy() for s, (x, _) in data.items()}
+    dev_f1 = _macro_f1(logits["dev"] > 0, data["dev"][1].numpy())
+    assert dev_f1 == pytest.approx(perf["dev_f1"], abs=1e-12)
+    assert _macro_f1(logits["test"] > 0, data["test"][1].numpy()) == pytest.approx(perf["f1_mean"])
+    best_on_dev = max(train_single(*data["train"], *data["dev"], lr, wd, config)[0]
+                      for lr, wd in config.settings)
+    assert dev_f1 == pytest.approx(best_on_dev, abs=1e-6)
+    assert perf["f1_mean"] < dev_f1 / 2  # dev and test disagree: choosing on test would differ

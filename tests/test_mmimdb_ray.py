@@ -89,11 +89,16 @@ def assert_same_alignment(ours: Layout, theirs: Layout) -> None:
         np.testing.assert_array_equal(ga[name], gb[name])
 
 
-def test_stages_through_ray_equal_a_local_run(tmp_path, root, local_ray, study_models, capsys):
+def test_stages_through_ray_equal_a_local_run(tmp_path, root, local_ray, study_models, capsys,
+                                              ray_submissions):
     local, on_ray = Layout.at(tmp_path / "local"), Layout.at(tmp_path / "ray")
     run_stages(root, local.base)
     capsys.readouterr()
-    run_stages(root, on_ray.base, "--ray")
+    run_stages(root, on_ray.base, "--ray", "--ray_retries", "1")
+    # every task of every kind was submitted with the --ray_retries given
+    kinds = {name.split()[0] for name, _ in ray_submissions}
+    assert kinds == {"extract", "probe", "kernels", "align"}
+    assert {retries for _, retries in ray_submissions} == {1}
     out = capsys.readouterr().out
     assert "features: wrote 8 files, reused 0" in out and "trained 2 probes, reused 0" in out
     assert_same_features(on_ray, local, study_models)

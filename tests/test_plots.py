@@ -299,12 +299,12 @@ def test_cli_writes_and_prints_where(study_dirs, tmp_path, capsys, monkeypatch):
     assert (folder / "alignment_vs_performance_dinov2.png").stat().st_size > 0
 
 
-def _calibrated_study(root):
+def _calibrated_study(root, **study):
     """write_study's results with a hand-made null for every pair (from the score, by formula)."""
     from platonic.calibration import Calibration
     from platonic.results import load_result
 
-    align, feats = write_study(root)
+    align, feats = write_study(root, **study)
     for level in LEVELS:
         path = SPEC.alignment_file(level_dir(align, level))
         result = load_result(path, with_grids=True)
@@ -350,6 +350,38 @@ def test_chance_band_and_summary_sections(tmp_path):
     assert len(band) == 1  # null mean 0.10..0.12 -> band from the mean over the 3 sizes
     ys = band[0].get_paths()[0].vertices[:, 1]
     assert np.isclose(ys.min(), 0.11) and np.isclose(ys.max(), 0.16)
+
+
+def _edit_calibrations(align, level, edit):
+    """Replace the calibrations of one level's result by `edit(calibrations)`."""
+    from platonic.results import load_result
+
+    path = SPEC.alignment_file(level_dir(align, level))
+    result = load_result(path, with_grids=True)
+    result.calibration = edit(result.calibration)
+    save_result(path, result)
+
+
+def test_chance_table_never_counts_an_undefined_score_and_notes_every_pair_left_out(tmp_path):
+    from dataclasses import replace
+
+    align, feats = _calibrated_study(tmp_path, undefined=(30, 0, 2))
+    # level 30: the undefined score stored with p = 1 / 101, as results were before an undefined
+    # score got an undefined p-value; level 60: one pair's null undefined; level 100: no null.
+    _edit_calibrations(align, 30, lambda cal: {**cal, (0, 2): replace(cal[(0, 2)], p_value=1 / 101)})
+    _edit_calibrations(align, 60, lambda cal: {**cal, (1, 1): replace(
+        cal[(1, 1)], null_mean=math.nan, null_p95=math.nan, p_value=math.nan, calibrated=math.nan)})
+    _edit_calibrations(align, 100, lambda cal: {})
+    out = plot_study(SPEC, align, feats, tmp_path / "plots", levels=LEVELS, **PNG_ONLY)
+    chance = out.summary.chance.set_index("level")
+    assert list(chance.index) == [0, 30, 60]
+    assert chance.loc[30, "significant"] == 6 and chance.loc[30, "n_pairs"] == 12  # 6 p = 0.01
+    assert chance.loc[60, "significant"] == 6 and chance.loc[60, "n_pairs"] == 11
+    text = out.summary_path.read_text()
+    assert "| 30 |" in text.split("## Alignment against chance")[1] and "6 / 12 |" in text
+    assert (f"{LANGUAGE[1]} x {VISION[1]}: undefined null (a permutation without a finite "
+            f"score) at level(s) 60; left out of the chance table") in text
+    assert "level(s) 100: measured without --null; no row in the chance table" in text
 
 
 def test_no_null_no_chance_section(outputs):

@@ -9,8 +9,11 @@ the MM-IMDb study measures its models on.
 
 from __future__ import annotations
 
-import os
+import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -19,14 +22,50 @@ from torch.utils.data import DataLoader, Dataset
 from platonic.mmimdb.dataset import (
     DEFAULT_NUM_SAMPLES,
     Movie,
+    Selection,
     load_image,
-    resolve_root,
     sample_ids,
     select_ids,
 )
 from platonic.mmimdb.genres import binary_label, check_class_idx
+from platonic.storage import sha256_file, sha256_of
 
 Transform = Callable[[object], torch.Tensor]
+SPLITS = ("train", "dev", "test", "align")
+
+
+@dataclass(frozen=True)
+class RunMovies:
+    """The movies of one run, read from `root`: every valid movie of train, dev and test, and
+    the sampled test movies whose tower features are exported and aligned ("align")."""
+
+    root: Path
+    selections: dict[str, Selection]
+
+    @classmethod
+    def select(cls, root: Path, align_samples: int | None = DEFAULT_NUM_SAMPLES,
+               sample_seed: int = 0) -> RunMovies:
+        selections = {split: sample_ids(root, split, None, sample_seed)
+                      for split in ("train", "dev", "test")}
+        selections["align"] = select_ids(root, "test", align_samples, sample_seed)
+        return cls(root, selections)
+
+    def identity(self) -> dict[str, Any]:
+        """What the run reads: the root, and per split the movie count, the hash of the ids in
+        order and a hash of their content (id, text, genres and poster bytes of each)."""
+        return {"root": str(self.root),
+                "splits": {split: {"count": len(s.movies), "ids_sha256": ids_sha256(s.ids),
+                                   "content_sha256": movies_sha256(s.movies)}
+                           for split, s in self.selections.items()}}
+
+
+def ids_sha256(ids: list[str]) -> str:
+    """The hash of an id list in order, as feature files record it (`ids_sha256`)."""
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
+
+
+def movies_sha256(movies: list[Movie]) -> str:
+    return sha256_of([[m.id, m.text, list(m.genres), sha256_file(m.image_path)] for m in movies])
 
 
 class MovieDataset(Dataset):
@@ -46,26 +85,15 @@ class MovieDataset(Dataset):
 
 
 class MMIMDbDataModule(L.LightningDataModule):
-    def __init__(self, class_idx: int, train_transform: Transform, eval_transform: Transform,
-                 root: str | os.PathLike | None = None, batch_size: int = 64, num_workers: int = 0,
-                 align_samples: int | None = DEFAULT_NUM_SAMPLES, sample_seed: int = 0):
+    def __init__(self, movies: RunMovies, class_idx: int, train_transform: Transform,
+                 eval_transform: Transform, batch_size: int = 64, num_workers: int = 0):
         super().__init__()
-        self.class_idx = check_class_idx(class_idx)
-        self.root = resolve_root(root)
-        self.train_transform, self.eval_transform = train_transform, eval_transform
+        class_idx = check_class_idx(class_idx)
+        self.movies = movies
         self.batch_size, self.num_workers = batch_size, num_workers
-        self.align_samples, self.sample_seed = align_samples, sample_seed
-        self.splits: dict[str, MovieDataset] = {}
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.splits:
-            return
-        for split in ("train", "dev", "test"):
-            movies = sample_ids(self.root, split, None, self.sample_seed).movies
-            transform = self.train_transform if split == "train" else self.eval_transform
-            self.splits[split] = MovieDataset(movies, self.class_idx, transform)
-        align = select_ids(self.root, "test", self.align_samples, self.sample_seed).movies
-        self.splits["align"] = MovieDataset(align, self.class_idx, self.eval_transform)
+        self.splits = {split: MovieDataset(movies.selections[split].movies, class_idx,
+                                           train_transform if split == "train" else eval_transform)
+                       for split in SPLITS}
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
         return DataLoader(self.splits[split], batch_size=self.batch_size, shuffle=shuffle,

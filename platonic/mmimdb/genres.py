@@ -66,10 +66,11 @@ def unknown_note(unknown: Counter) -> str | None:
 
 def check_class_idx(class_idx: int) -> int:
     """`class_idx` as an int in 0..22 (the `GENRES` order), or a one-line error."""
-    if isinstance(class_idx, bool) or not isinstance(class_idx, (int, np.integer)) \
-            or not 0 <= int(class_idx) < NUM_GENRES:
-        raise PlatonicError(f"class_idx {class_idx!r} is outside 0..{NUM_GENRES - 1} "
-                            f"(0 = {GENRES[0]}, {NUM_GENRES - 1} = {GENRES[-1]})")
+    span = f"0..{NUM_GENRES - 1} (0 = {GENRES[0]}, {NUM_GENRES - 1} = {GENRES[-1]})"
+    if isinstance(class_idx, bool) or not isinstance(class_idx, (int, np.integer)):
+        raise PlatonicError(f"class_idx {class_idx!r} is not an integer; it indexes the genres {span}")
+    if not 0 <= int(class_idx) < NUM_GENRES:
+        raise PlatonicError(f"class_idx {class_idx!r} is outside {span}")
     return int(class_idx)
 
 
