@@ -46,7 +46,7 @@ import torch
 from platonic import hsic, metrics
 from platonic.alignment import LayerKernels, best_of_grid, mutual_counts, score_grid
 from platonic.errors import PlatonicError
-from platonic.neighbours import MemberTable, Neighbours, one_cpu_thread, own_rows
+from platonic.neighbours import MemberTable, Neighbours, one_cpu_thread, own_rows, permute_knn
 
 N_BOOTSTRAP = 1000
 # 2: a null value is the max over layer pairs whatever its sign (was NaN when <= 0), and an
@@ -115,17 +115,8 @@ class PermutedKernels(LayerKernels):
             return super().neighbours(topk, exclude_self)
         key = (topk, exclude_self)
         if key not in self._lists:
-            base = self.base.neighbours(topk, exclude_self)
-            self._lists[key] = Neighbours(permute_knn(base.indices, self.order),
-                                          base.values[:, self.order])
+            self._lists[key] = self.base.neighbours(topk, exclude_self).reordered(self.order)
         return self._lists[key]
-
-
-def permute_knn(knn: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    """Neighbour lists [..., N, k] of the samples reordered by `perm` (row i = old row perm[i])."""
-    inverse = torch.empty_like(perm)
-    inverse[perm] = torch.arange(len(perm), device=perm.device)
-    return inverse[knn[..., perm, :]]
 
 
 def permutations(n_samples: int, count: int, seed: int) -> torch.Tensor:

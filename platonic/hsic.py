@@ -74,26 +74,25 @@ def _permutation_base(k: LayerKernels) -> tuple[LayerKernels, torch.Tensor] | No
     return getattr(k, "permutation_of", None)
 
 
-def _memo(k: LayerKernels, key: Any) -> Any:
+def _invariants(k: LayerKernels) -> dict[Any, Any]:
+    """Where terms that a permutation of the samples does not change are kept: the base's."""
     found = _permutation_base(k)
-    holder = found[0] if found else k
-    return holder.memo.get(key)
-
-
-def _remember(k: LayerKernels, key: Any, value: Any) -> Any:
-    found = _permutation_base(k)
-    (found[0] if found else k).memo[key] = value
-    return value
+    return (found[0] if found else k).memo
 
 
 def self_terms(k: LayerKernels, kind: Kind) -> torch.Tensor | None:
     """HSIC(K, K) of each candidate when already known (it does not change with a permutation)."""
-    return _memo(k, ("self", kind))
+    return _invariants(k).get(("self", kind))
+
+
+def _remember_self(k: LayerKernels, kind: Kind, value: torch.Tensor) -> torch.Tensor:
+    _invariants(k)[("self", kind)] = value
+    return value
 
 
 def has_centred(k: LayerKernels, kind: Kind) -> bool:
-    found = _permutation_base(k)
-    return ("centred", kind) in (found[0] if found else k).memo
+    """Whether the model's (or its base's) centred kernels are kept whole."""
+    return ("centred", kind) in _invariants(k)
 
 
 def centred_stack(k: LayerKernels, kind: Kind) -> torch.Tensor | None:
@@ -227,7 +226,7 @@ def feature_self(k: LayerKernels, kind: Kind) -> torch.Tensor:
     if kind.unbiased:
         raw = torch.stack([_unbiased(raw[c].view(1, 1), diag[c:c + 1], diag[c:c + 1], m)[0, 0]
                            for c in range(layers + 1)])
-    return _remember(k, ("self", kind), raw)
+    return _remember_self(k, kind, raw)
 
 
 # ---- blocked Gram --------------------------------------------------------------------------------
@@ -356,8 +355,8 @@ def gram_hsic(kx: LayerKernels, ky: LayerKernels,
         if known_y is None:
             self_y += inner_products(cy)
     scale = 1.0 / (m * (m - 3)) if kind.unbiased else 1.0
-    self_x = known_x if known_x is not None else _remember(kx, ("self", kind), self_x * scale)
-    self_y = known_y if known_y is not None else _remember(ky, ("self", kind), self_y * scale)
+    self_x = known_x if known_x is not None else _remember_self(kx, kind, self_x * scale)
+    self_y = known_y if known_y is not None else _remember_self(ky, kind, self_y * scale)
     return cross * scale, self_x, self_y
 
 

@@ -108,9 +108,14 @@ class Neighbours:
 
     def reordered(self, perm: torch.Tensor) -> Neighbours:
         """The lists of the samples reordered by the permutation `perm` (row i = old row perm[i])."""
-        inverse = torch.empty_like(perm)
-        inverse[perm] = torch.arange(len(perm), device=perm.device)
-        return Neighbours(inverse[self.indices[..., perm, :]], self.values[..., perm, :])
+        return Neighbours(permute_knn(self.indices, perm), self.values[..., perm, :])
+
+
+def permute_knn(knn: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """Neighbour lists [..., N, k] of the samples reordered by `perm` (row i = old row perm[i])."""
+    inverse = torch.empty_like(perm)
+    inverse[perm] = torch.arange(len(perm), device=perm.device)
+    return inverse[knn[..., perm, :]]
 
 
 def top_neighbours(sim: torch.Tensor, start: int, norms: torch.Tensor | None, topk: int,
@@ -213,16 +218,18 @@ def own_rows(knn: torch.Tensor) -> torch.Tensor:
     return torch.arange(n, device=knn.device).unsqueeze(1).expand(n, k)
 
 
-def row_entries(source: LayerSource, norms: torch.Tensor | None, cols: torch.Tensor) -> torch.Tensor:
+def row_entries(source: LayerSource, norms: torch.Tensor | None, cols: torch.Tensor,
+                by_products: bool | None = None) -> torch.Tensor:
     """[L + 1, N, M]: every candidate's (normalised) Gram entries (i, cols[i, t]), cols [N, M].
 
-    From row blocks of the Gram matrices (one product per layer and block, entries gathered)
-    when M is not small against N, else from dot products of the gathered rows."""
+    From row blocks of the Gram matrices (one product per layer and block, entries gathered:
+    the dense stack's bits) when M is not small against N (`by_products` None: N <= 16 M),
+    else from dot products of the gathered rows (N M D work instead of N^2 D)."""
     n, m = cols.shape
     layers = source.num_layers
     out = torch.empty(layers + 1, n, m, device=source.device)
     blocks = row_blocks(n, rows_within(BLOCK_BYTES, 4 * n, n))
-    by_products = n <= 16 * m
+    by_products = n <= 16 * m if by_products is None else by_products
     for layer in range(layers):
         x = source.layer(layer)
         if by_products:

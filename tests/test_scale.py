@@ -79,6 +79,21 @@ def test_blocked_lists_are_bitwise_the_dense_stacks(kind, n, monkeypatch):
     assert torch.equal(LayerKernels(x).knn(7), expected)
 
 
+@pytest.mark.parametrize("by_products", [True, False])
+def test_kernel_entries_at_list_positions_are_the_dense_stacks(by_products, small_blocks):
+    """cknna's kernel entries (i, j) at neighbour positions: from row blocks (the very bits of
+    the dense stack) or from dot products of the gathered rows (within float32 rounding)."""
+    x, _ = inputs("duplicated", 200)
+    kx = LayerKernels(x)
+    cols = torch.randint(0, 200, (200, 9), generator=torch.Generator().manual_seed(0))
+    entries = neighbours.row_entries(kx.source, kx.norms, cols, by_products)
+    expected = kx.grams.gather(2, cols.expand(len(kx), -1, -1))
+    if by_products:
+        assert torch.equal(entries, expected)
+    else:
+        torch.testing.assert_close(entries, expected, rtol=0, atol=1e-6)
+
+
 CASES = [("mutual_knn", {}), ("cycle_knn", {}), ("lcs_knn", {}), ("edit_distance_knn", {}),
          ("cka", {}), ("unbiased_cka", {}), ("cka", {"kernel_metric": "rbf"}),
          ("cknna", {}), ("cknna", {"unbiased": False}), ("cknna", {"distance_agnostic": True})]
