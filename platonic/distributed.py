@@ -35,7 +35,7 @@ import functools
 import math
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -272,7 +272,7 @@ def remove_stale_temporaries(paths: list[Path]) -> None:
 # ---- extraction -------------------------------------------------------------------------------
 
 def extract_model(spec: ModelSpec, texts_by_level: dict[Level, list[str]],
-                  images: list[Image.Image], images_sha: str, vision_levels: list[Level],
+                  images: Sequence[Image.Image], images_sha: str, vision_levels: list[Level],
                   settings: Settings, requested_device: str | None) -> RunStats:
     """One model at every level (a vision model at `vision_levels`), on this task's device
     (the body of an extraction task)."""
@@ -301,7 +301,7 @@ def extraction_outputs(spec: ModelSpec, levels: list[Level], settings: Settings)
 
 
 def extract_on_ray(language_specs: list[ModelSpec], vision_specs: list[ModelSpec],
-                   texts_by_level: dict[Level, list[str]], images: list[Image.Image],
+                   texts_by_level: dict[Level, list[str]], images: Sequence[Image.Image],
                    settings: Settings, args: argparse.Namespace,
                    vision_levels: list[Level] | None = None) -> RunStats:
     """`run_extraction` as one Ray task per model, largest first (they take longest). Vision

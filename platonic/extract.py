@@ -23,7 +23,7 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from platonic import cli, language, vision
-from platonic.data import PairedData, dataset_label, load_data
+from platonic.data import ImageSequence, PairedData, dataset_label, load_data
 from platonic.devices import stage_device
 from platonic.errors import PlatonicError
 from platonic.features import feature_path, read_meta, save_features, verified_fingerprint
@@ -293,8 +293,10 @@ def vision_fingerprint(spec: ModelSpec, settings: Settings, images_sha: str) -> 
     })
 
 
-def noisy_images(images: list[Image.Image], settings: Settings) -> list[Image.Image]:
-    return [add_noise(img, settings.noise_percentage, settings.noise_seed, i) for i, img in enumerate(images)]
+def noisy_images(images: Sequence[Image.Image], settings: Settings) -> ImageSequence:
+    """The images as the models see them, each perturbed as it is read (none held)."""
+    return ImageSequence(lambda i: add_noise(images[i], settings.noise_percentage,
+                                             settings.noise_seed, i), range(len(images)))
 
 
 def link_or_copy(source: Path, target: Path) -> None:
@@ -332,14 +334,14 @@ def vision_todo(spec: ModelSpec, images_sha: str, levels: list[Level], settings:
     return VisionTodo(fingerprint, current, [p for p in paths if p not in current])
 
 
-def extract_vision(spec: ModelSpec, images: list[Image.Image], images_sha: str, levels: list[Level],
+def extract_vision(spec: ModelSpec, images: Sequence[Image.Image], images_sha: str, levels: list[Level],
                    settings: Settings, stats: RunStats, progress: tqdm | None = None) -> None:
     """Features of one vision model, encoded once and placed in every level's folder."""
     _place_vision(spec, images, images_sha, vision_todo(spec, images_sha, levels, settings, stats),
                   settings, stats, progress)
 
 
-def _place_vision(spec: ModelSpec, images: list[Image.Image], images_sha: str, todo: VisionTodo,
+def _place_vision(spec: ModelSpec, images: Sequence[Image.Image], images_sha: str, todo: VisionTodo,
                   settings: Settings, stats: RunStats, progress: tqdm | None) -> None:
     if not todo.missing:
         return
@@ -350,7 +352,7 @@ def _place_vision(spec: ModelSpec, images: list[Image.Image], images_sha: str, t
         stats.written.append(path)
 
 
-def _encode_vision(spec: ModelSpec, images: list[Image.Image], images_sha: str, fingerprint: str,
+def _encode_vision(spec: ModelSpec, images: Sequence[Image.Image], images_sha: str, fingerprint: str,
                    path: Path, settings: Settings, stats: RunStats, progress: tqdm | None) -> Path:
     _show(progress, spec.id, "loading")
     vm = vision.load_vision_model(spec, settings.device, settings.compute_dtype)
@@ -358,10 +360,11 @@ def _encode_vision(spec: ModelSpec, images: list[Image.Image], images_sha: str, 
     _show(progress, spec.id, "images")
     out = vision.encode_images(vm, images, settings.batch_size, desc=spec.id,
                                cpu_layout=settings.cpu_vision,
-                               on_done=progress.update if progress is not None else None)
+                               on_done=progress.update if progress is not None else None,
+                               dtype=settings.storage_dtype)
     stats.forward_passes[spec.id] += out.forward_passes
     stats.images_encoded += len(images)
-    feats = out.feats.to(settings.storage_dtype)
+    feats = out.feats
     _check_finite(feats, spec.id, None, list(range(len(images))), settings.dtype)
     meta = _base_meta(spec, settings, VISION_POOL, None, vm.num_params, fingerprint, {
         "layer_dims": out.layer_dims, "noise_percentage": settings.noise_percentage,
@@ -373,7 +376,7 @@ def _encode_vision(spec: ModelSpec, images: list[Image.Image], images_sha: str, 
 # ---- a whole run ------------------------------------------------------------------------------
 
 def run_extraction(language_specs: list[ModelSpec], vision_specs: list[ModelSpec],
-                   texts_by_level: dict[Level, list[str]], images: list[Image.Image],
+                   texts_by_level: dict[Level, list[str]], images: Sequence[Image.Image],
                    settings: Settings) -> RunStats:
     """Extract every model at every level; language levels share one load, images one pass.
     What is current is found first, so one bar can show the work left over all models."""

@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,11 @@ def read_json(path: str | os.PathLike) -> Any:
 
 def sha256_of(*parts: Any) -> str:
     """Fingerprint of JSON-serialisable parts (strings, numbers, lists, dicts)."""
+    return sha256_of_stream(parts)
+
+
+def sha256_of_stream(parts: Iterable[Any]) -> str:
+    """`sha256_of(*parts)` with the parts taken one at a time (a generator: none held after use)."""
     h = hashlib.sha256()
     for part in parts:
         if isinstance(part, bytes):
