@@ -252,7 +252,7 @@ def _encode_levels(lm: language.LanguageModel, spec: ModelSpec, texts_by_level: 
         if new:
             _show(progress, spec.id, f"level {level}")
             _encode_into(memo, lm, spec, new, f"level {level}", settings, stats, progress)
-        feats = torch.stack([memo[t][0] for t in texts]).to(settings.storage_dtype)
+        feats = _rows_as(memo, texts, settings.storage_dtype)
         _check_finite(feats, spec.id, level, list(range(len(texts))), settings.dtype)
         extras = {k: torch.stack([memo[t][1][k] for t in texts]) for k in memo[texts[0]][1]}
         path, fingerprint = todo[level]
@@ -262,6 +262,16 @@ def _encode_levels(lm: language.LanguageModel, spec: ModelSpec, texts_by_level: 
         save_features(path, feats, meta, extras)
         stats.written.append(path)
         memo = {t: v for t, v in memo.items() if last_use[t] > step}
+
+
+def _rows_as(memo: Memo, texts: list[str], dtype: torch.dtype) -> torch.Tensor:
+    """The texts' features, [N, L, D], made directly in the storage dtype (no float32 copy of
+    the whole level beside the memo)."""
+    first = memo[texts[0]][0]
+    feats = torch.empty(len(texts), *first.shape, dtype=dtype)
+    for row, text in enumerate(texts):
+        feats[row] = memo[text][0]
+    return feats
 
 
 def _encode_into(memo: Memo, lm: language.LanguageModel, spec: ModelSpec, texts: list[str],
