@@ -1,6 +1,6 @@
 """Extract per-layer language and vision features at every uniqueness level, in one pass.
 
-Thin command line over `platonic.extract` (`python extract_features.py --help` for the flags).
+Thin command line over `platonic.stages.extract` (`python extract_features.py --help` for the flags).
 Examples:
   python extract_features.py --modelset demo --dataset embedded --levels all \\
       --output_dir 'results/u={}_features'          # offline, the embedded default
@@ -9,7 +9,7 @@ Examples:
 """
 
 from platonic.errors import run_cli
-from platonic.extract import main
+from platonic.stages.extract import main
 
 __all__ = ["main"]
 

@@ -5,12 +5,12 @@
         --features_dir "BASE/gpt_u={}_features" --align_dir "BASE/gpt_u={}_alignment" \\
         --plot_dir ./plots
 
-`{}` in a directory stands for the uniqueness level. Thin command line over `platonic.plots`
+`{}` in a directory stands for the uniqueness level. Thin command line over `platonic.stages.plots`
 (`plot_study` does the work).
 """
 
 from platonic.errors import run_cli
-from platonic.plots import main
+from platonic.stages.plots import main
 
 __all__ = ["main"]
 

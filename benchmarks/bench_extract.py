@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from platonic import language, vision
-from platonic.data import load_data
-from platonic.extract import Settings, run_extraction, texts_by_level
-from platonic.features import feature_path, load_features
-from platonic.levels import parse_levels
-from platonic.models import LANGUAGE, VISION, get_models
-from platonic.storage import level_dir
+from platonic.data.datasets import load_data
+from platonic.data.levels import parse_levels
+from platonic.io.features import feature_path, load_features
+from platonic.io.storage import level_dir
+from platonic.models import language, vision
+from platonic.models.registry import LANGUAGE, VISION, get_models
+from platonic.stages.extract import Settings, run_extraction, texts_by_level
 
 
 @dataclass

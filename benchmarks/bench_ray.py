@@ -22,14 +22,14 @@ import ray
 import timm
 import torch
 
-from platonic.alignment import load_kernels
-from platonic.data import load_data
-from platonic.distributed import estimated_params, extract_on_ray, gpus_for
-from platonic.extract import RunStats, Settings, run_extraction, texts_by_level
-from platonic.features import load_features
-from platonic.levels import parse_levels
-from platonic.measure import score_pair
-from platonic.models import LANGUAGE, MODEL_SETS, VISION, get_models
+from platonic.core.alignment import load_kernels
+from platonic.data.datasets import load_data
+from platonic.data.levels import parse_levels
+from platonic.io.features import load_features
+from platonic.models.registry import LANGUAGE, MODEL_SETS, VISION, get_models
+from platonic.run._ray import estimated_params, extract_on_ray, gpus_for
+from platonic.stages.extract import RunStats, Settings, run_extraction, texts_by_level
+from platonic.stages.measure import score_pair
 
 A100_BF16_FLOPS = 312e12
 PAPER_SAMPLES = 1024  # minhuh/prh wit_1024

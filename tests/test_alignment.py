@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import measure_alignment
-from platonic import alignment, metrics
+from platonic.core import alignment, metrics
 from platonic.errors import PlatonicError
 
 N = 96

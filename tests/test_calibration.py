@@ -9,8 +9,8 @@ import pytest
 import torch
 from scipy import stats
 
-from platonic.alignment import LayerKernels, compute_score, exhaustive_search, prepare_features
-from platonic.calibration import (
+from platonic.core.alignment import LayerKernels, compute_score, exhaustive_search, prepare_features
+from platonic.core.calibration import (
     PermutedKernels,
     bootstrap_ci,
     calibrate,
@@ -180,8 +180,8 @@ def test_bad_counts_are_clear_errors():
 
 
 def test_measure_null_writes_reuses_and_recomputes(tmp_path):
-    from platonic.features import feature_path, load_features
-    from platonic.results import csv_path, load_result
+    from platonic.io.features import feature_path, load_features
+    from platonic.io.results import csv_path, load_result
     from tests.test_measure import LANG, VIS, run, write_models
 
     write_models(tmp_path / "feats")
@@ -199,8 +199,8 @@ def test_measure_null_writes_reuses_and_recomputes(tmp_path):
         return LayerKernels(prepare_features(load_features(path).feats))
 
     # the stored null is the API's calibrate on the same pair and seed: metric(y, x), x permuted
-    from platonic.features import verified_fingerprint as fp
-    from platonic.measure import pair_seed
+    from platonic.io.features import verified_fingerprint as fp
+    from platonic.stages.measure import pair_seed
 
     px = feature_path(tmp_path / "feats", "toy", "s", LANG[0], "avg")
     py = feature_path(tmp_path / "feats", "toy", "s", VIS[1], "cls")
@@ -253,8 +253,8 @@ def test_measure_bad_null_is_one_line_error(tmp_path):
 @pytest.mark.parametrize("metric", ["mutual_knn", "cycle_knn", "lcs_knn", "edit_distance_knn"])
 def test_per_sample_terms_average_to_the_metric(metric):
     """The terms the bootstrap resamples: their mean is the published metric on that layer pair."""
-    from platonic.calibration import per_sample_terms
-    from platonic.metrics import get_metric
+    from platonic.core.calibration import per_sample_terms
+    from platonic.core.metrics import get_metric
 
     x, y = _pair(6, n=40, shared_weight=2.0)
     terms = per_sample_terms(LayerKernels(x), LayerKernels(y), metric, 4, 3, 1)

@@ -22,7 +22,7 @@ from fake_chat_server import (
 )
 from PIL import Image
 
-from platonic.captions import published, sources
+from platonic.captions import sources
 from platonic.captions.checks import ReplyProblem, clean_reply, cut_prefixes
 from platonic.captions.client import (
     FatalRequestError,
@@ -32,10 +32,11 @@ from platonic.captions.client import (
     retry_after_seconds,
 )
 from platonic.captions.generate import estimate_cost, generate
-from platonic.captions.published import CaptionEntry, level_key
 from platonic.captions.similarity import level_similarities, load_encoder
 from platonic.captions.store import ResultStore, failures_path, finished_indices, journal_path
 from platonic.errors import PlatonicError
+from platonic.io import published_captions as published
+from platonic.io.published_captions import CaptionEntry, level_key
 
 SECRET = "sk-test-NEVER-PRINT-4f1c2a9e"
 FAST = RequestPolicy(model="fake-model", timeout=0.5, max_attempts=5, max_retries=4,
@@ -155,7 +156,7 @@ def test_bad_captions_files_name_the_fault(tmp_path, name, content, message):
 
 
 def test_embedded_source_gives_its_level0_captions():
-    from platonic import embedded
+    from platonic.data import embedded
 
     source = sources.from_embedded(start=2, num_samples=3)
     assert source.captions == {i: embedded.captions(5)[i] for i in (2, 3, 4)}

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from fake_chat_server import FakeChatServer, scripted_captions
 
-from platonic.captions import published
 from platonic.captions.store import finished_indices, journal_path
 from platonic.errors import PlatonicError, run_cli
+from platonic.io import published_captions as published
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "perturbed" / "create_dataset.py"

@@ -319,7 +319,7 @@ def _plant_run(folder: Path, weight: float, max_epochs: int, test_f1: float, wri
 
 def test_sweep_summary_holds_runs_of_one_settings_and_lists_the_others(tmp_path, caplog):
     """Weights 0 and 1 trained for 2 epochs, then 0.5 rerun for 30: one curve per settings."""
-    from platonic.clip.summary import write_summary
+    from platonic.clip.sweep_summary import write_summary
 
     two = [_plant_run(tmp_path, w, 2, f1, 1000) for w, f1 in ((0.0, 0.1), (1.0, 0.3))]
     thirty = _plant_run(tmp_path, 0.5, 30, 0.9, 2000)
@@ -406,7 +406,7 @@ def test_exported_features_are_the_sampled_test_movies(two_runs):
     """The rows of the exported features are test movies (by split.json itself, not by the
     data module), listed in features/selection.json, and are those movies' embeddings under
     the best checkpoint."""
-    from platonic.features import load_features
+    from platonic.io.features import load_features
     from platonic.mmimdb.dataset import ensure_fixture
 
     metrics = two_runs[0]
@@ -431,8 +431,8 @@ def test_exported_features_are_the_sampled_test_movies(two_runs):
 
 
 def test_alignment_is_the_engines_score_of_the_exported_features(two_runs):
-    from platonic.alignment import compute_score, exhaustive_search, prepare_features
-    from platonic.features import load_features
+    from platonic.core.alignment import compute_score, exhaustive_search, prepare_features
+    from platonic.io.features import load_features
 
     metrics = two_runs[0]
     text = load_features(metrics["features"]["text"])
@@ -470,7 +470,7 @@ def _fixture_copy(tmp_path: Path) -> Path:
 def test_data_identity_follows_the_movies_read(tmp_path):
     """Same movies in another folder: same ids and content; one changed plot, genre list or
     poster byte: another content hash for that split only."""
-    from platonic.clip.data import RunMovies
+    from platonic.clip.datamodule import RunMovies
     from platonic.mmimdb.dataset import ensure_fixture
 
     def identity(root: Path) -> dict:
@@ -530,7 +530,7 @@ def test_a_failed_rerun_with_other_settings_leaves_the_previous_run_whole(two_ru
     metrics.json) changes nothing; the old settings are then still reused, and a rerun that
     succeeds replaces the whole folder."""
     import platonic.clip.train as train
-    from platonic.storage import sha256_file
+    from platonic.io.storage import sha256_file
 
     metrics = two_runs[1]
     run_dir = Path(metrics["run_dir"])

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from platonic import embedded
-from platonic.captions.published import read_perturbations
-from platonic.data import dataset_label, load_data
+from platonic.data import embedded
+from platonic.data.datasets import dataset_label, load_data
+from platonic.data.level_sources import file_levels, rule_levels
+from platonic.data.levels import parse_levels
 from platonic.errors import PlatonicError
-from platonic.extract import texts_by_level
-from platonic.level_sources import file_levels, rule_levels
-from platonic.levels import parse_levels
+from platonic.io.published_captions import read_perturbations
+from platonic.stages.extract import texts_by_level
 
 PUBLISHED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "perturbed_data.json"
 
@@ -153,7 +153,7 @@ def test_caption_file_for_other_data_is_refused_at_the_first_mismatch(tmp_path):
 
 def _caption_file_of(path, originals):
     """A published-format file whose level-0 captions are `originals` (as create_dataset writes)."""
-    from platonic.captions import published
+    from platonic.io import published_captions as published
 
     published.write(path, {i: published.CaptionEntry(i, text, tuple(f"{i}:{k}" for k in range(1, 11)),
                                                      (0.5,) * 10) for i, text in enumerate(originals)})

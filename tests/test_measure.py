@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from platonic import alignment
+from platonic.core import alignment
 from platonic.errors import PlatonicError
-from platonic.features import feature_path, load_features, save_features
-from platonic.measure import main
-from platonic.results import IncompleteResult, csv_path, grids_path, load_result
+from platonic.io.features import feature_path, load_features, save_features
+from platonic.io.results import IncompleteResult, csv_path, grids_path, load_result
+from platonic.stages.measure import main
 
 ROOT = Path(__file__).resolve().parents[1]
 LANG = ["org/lm-a", "org/lm-b"]
@@ -50,7 +50,7 @@ def test_cli_writes_json_csv_grids_matching_the_search(tmp_path):
     assert result.models_x == LANG and result.models_y == VIS
     assert csv_path(out).read_text().count("\n") == 1 + len(LANG) * len(VIS)
     assert grids_path(out).exists()
-    from platonic.features import load_features
+    from platonic.io.features import load_features
     for i, mx in enumerate(LANG):
         for j, my in enumerate(VIS):
             x = alignment.prepare_features(load_features(feature_path(tmp_path / "feats", "toy", "s", mx, "avg")).feats)
@@ -73,7 +73,7 @@ def test_rerun_reuses_and_a_changed_file_is_remade(tmp_path, capsys, monkeypatch
     assert "up to date" in capsys.readouterr().out
     calls = []
     real = alignment.score_grid
-    monkeypatch.setattr("platonic.measure.score_grid", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr("platonic.stages.measure.score_grid", lambda *a, **k: calls.append(1) or real(*a, **k))
     write_models(tmp_path / "feats", seed=1, models=[("vit_y", "vision", "cls")])
     run(tmp_path)
     assert len(calls) == len(LANG)  # only vit_y's column
@@ -153,7 +153,7 @@ def test_unknown_metric_is_rejected_by_the_cli(tmp_path):
 def count_score_grids(monkeypatch) -> list[int]:
     calls: list[int] = []
     real = alignment.score_grid
-    monkeypatch.setattr("platonic.measure.score_grid", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr("platonic.stages.measure.score_grid", lambda *a, **k: calls.append(1) or real(*a, **k))
     return calls
 
 
@@ -189,7 +189,7 @@ def test_a_pair_without_positive_score_is_stored_as_undefined(tmp_path, monkeypa
         grid = real(ky, kx, *args, **kwargs)
         return -np.abs(grid) if ky.n == N and len(ky) == 4 and kx.grams.shape[0] == 4 else grid
 
-    monkeypatch.setattr("platonic.measure.score_grid", negative_for_vit_y)
+    monkeypatch.setattr("platonic.stages.measure.score_grid", negative_for_vit_y)
     out = run(tmp_path)
     data = json.loads(out.read_text())
     result = load_result(out)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import metrics as root_metrics
-from platonic import metrics
+from platonic.core import metrics
 from platonic.errors import PlatonicError
 
 
@@ -121,7 +121,7 @@ def plain_cknna(a: np.ndarray, b: np.ndarray, k: int, unbiased: bool = True) -> 
 @pytest.mark.parametrize("unbiased", [True, False])
 @pytest.mark.parametrize("k", [2, 5, 17])
 def test_cknna_with_few_neighbours_matches_a_plain_loop(k, unbiased):
-    from platonic.alignment import LayerKernels, score_grid
+    from platonic.core.alignment import LayerKernels, score_grid
 
     a, b = correlated(n=40, noise=0.7)
     expected = plain_cknna(a.double().numpy(), b.double().numpy(), k, unbiased)

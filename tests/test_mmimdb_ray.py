@@ -14,13 +14,13 @@ from safetensors.torch import load_file
 pytest.importorskip("ray")
 
 from platonic.errors import PlatonicError  # noqa: E402
-from platonic.features import load_features  # noqa: E402
-from platonic.mmimdb.alignment import alignment_file  # noqa: E402
-from platonic.mmimdb.cli import extract_main, measure_main, probe_main  # noqa: E402
+from platonic.io.features import load_features  # noqa: E402
+from platonic.io.results import grids_path  # noqa: E402
+from platonic.mmimdb.commands import extract_main, measure_main, probe_main  # noqa: E402
 from platonic.mmimdb.fixture import build_fixture  # noqa: E402
 from platonic.mmimdb.layout import Layout  # noqa: E402
-from platonic.models import LANGUAGE, VISION  # noqa: E402
-from platonic.results import grids_path  # noqa: E402
+from platonic.mmimdb.study_alignment import alignment_file  # noqa: E402
+from platonic.models.registry import LANGUAGE, VISION  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TOPK = 5

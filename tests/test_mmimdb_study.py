@@ -17,16 +17,16 @@ import torch
 from interrupts import default_interrupts
 from scipy import stats
 
-from platonic.alignment import exhaustive_search, prepare_features
+from platonic.core.alignment import exhaustive_search, prepare_features
 from platonic.errors import PlatonicError
-from platonic.features import load_features
-from platonic.mmimdb.alignment import alignment_file
-from platonic.mmimdb.cli import extract_main, probe_main
+from platonic.io.features import load_features
+from platonic.io.results import load_result
+from platonic.mmimdb.commands import extract_main, probe_main
 from platonic.mmimdb.fixture import build_fixture
 from platonic.mmimdb.genres import GENRES
 from platonic.mmimdb.layout import Layout
-from platonic.models import LANGUAGE, VISION, minilm_folder
-from platonic.results import load_result
+from platonic.mmimdb.study_alignment import alignment_file
+from platonic.models.registry import LANGUAGE, VISION, minilm_folder
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = {"train": 120, "dev": 48, "test": 64}
@@ -203,8 +203,8 @@ def test_only_predictable_genre_wins(tmp_path, monkeypatch):
 
 
 def test_encoder_without_head_gives_the_same_features(tiny_llama_dir, captions):
-    from platonic.language import encode_texts, load_language_model
-    from platonic.models import ModelSpec
+    from platonic.models.language import encode_texts, load_language_model
+    from platonic.models.registry import ModelSpec
 
     lm = load_language_model(ModelSpec(str(tiny_llama_dir), LANGUAGE, "Tiny", ""))
     full = encode_texts(lm, captions, batch_size=3)

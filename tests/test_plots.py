@@ -13,14 +13,14 @@ import torch
 from scipy import stats
 
 import plot_alignment
-from platonic import plots
 from platonic.errors import PlatonicError, run_cli
-from platonic.features import feature_path, save_features
-from platonic.plots import plot_study
-from platonic.results import AlignmentResult, save_result
-from platonic.statistics import bootstrap_mean_rho, summarise
-from platonic.storage import level_dir
-from platonic.study import StudySpec, load_study
+from platonic.io.features import feature_path, save_features
+from platonic.io.results import AlignmentResult, save_result
+from platonic.io.storage import level_dir
+from platonic.stages import plots
+from platonic.stages.plots import plot_study
+from platonic.stages.study import StudySpec, load_study
+from platonic.stages.study_statistics import bootstrap_mean_rho, summarise
 
 LANGUAGE = ["org/lm-small", "org/lm-large", "org/encoder"]  # the encoder has no bits per byte
 DINO = ["vit_small_patch14_dinov2.lvd142m", "vit_base_patch14_dinov2.lvd142m",
@@ -301,8 +301,8 @@ def test_cli_writes_and_prints_where(study_dirs, tmp_path, capsys, monkeypatch):
 
 def _calibrated_study(root, **study):
     """write_study's results with a hand-made null for every pair (from the score, by formula)."""
-    from platonic.calibration import Calibration
-    from platonic.results import load_result
+    from platonic.core.calibration import Calibration
+    from platonic.io.results import load_result
 
     align, feats = write_study(root, **study)
     for level in LEVELS:
@@ -322,7 +322,7 @@ def _calibrated_study(root, **study):
 def test_chance_band_and_summary_sections(tmp_path):
     from matplotlib.collections import PolyCollection
 
-    from platonic.plots import plot_uniqueness
+    from platonic.stages.plots import plot_uniqueness
 
     align, feats = _calibrated_study(tmp_path)
     out = plot_study(SPEC, align, feats, tmp_path / "plots", levels=LEVELS, **PNG_ONLY)
@@ -354,7 +354,7 @@ def test_chance_band_and_summary_sections(tmp_path):
 
 def _edit_calibrations(align, level, edit):
     """Replace the calibrations of one level's result by `edit(calibrations)`."""
-    from platonic.results import load_result
+    from platonic.io.results import load_result
 
     path = SPEC.alignment_file(level_dir(align, level))
     result = load_result(path, with_grids=True)

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from platonic import cli
 from platonic.captions import sources
 from platonic.captions.client import (
     CaptionRequester,
@@ -27,6 +26,7 @@ from platonic.captions.similarity import DEFAULT_MODEL, load_encoder
 from platonic.captions.sources import CaptionSource
 from platonic.captions.store import ResultStore, failures_path, finished_indices
 from platonic.captions.validate import format_report, validate_file
+from platonic.run import _args as cli
 
 
 @dataclass(frozen=True)

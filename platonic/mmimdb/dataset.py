@@ -27,8 +27,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from platonic.errors import PlatonicError
+from platonic.io.storage import atomic_dir, cache_root, read_json, write_json
 from platonic.mmimdb.genres import label_matrix
-from platonic.storage import atomic_dir, cache_root, read_json, write_json
 
 ROOT_ENV = "MMIMDB_ROOT"
 SPLITS: tuple[str, ...] = ("train", "dev", "test")

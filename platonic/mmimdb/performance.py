@@ -22,8 +22,9 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from platonic.errors import PlatonicError
-from platonic.features import FEATS, read_meta, read_tensor
-from platonic.fingerprints import texts_fingerprint
+from platonic.io.features import FEATS, read_meta, read_tensor
+from platonic.io.fingerprints import texts_fingerprint
+from platonic.io.storage import atomic_path, read_json, sha256_of, write_json
 from platonic.mmimdb.dataset import SPLITS, Selection, read_selection
 from platonic.mmimdb.genres import GENRES, binary_label, check_class_idx, label_matrix
 from platonic.mmimdb.layout import Layout
@@ -35,8 +36,7 @@ from platonic.mmimdb.probe import (
     predict,
     train_grid,
 )
-from platonic.models import LANGUAGE
-from platonic.storage import atomic_path, read_json, sha256_of, write_json
+from platonic.models.registry import LANGUAGE
 
 PROBE_VERSION = 2  # 2: closed-form gradient and fused Adam (same trajectories up to rounding)
 # A probe's weights are megabytes: on a GPU cluster four probe tasks share one GPU.
@@ -170,7 +170,7 @@ def run_probes(layout: Layout, model_ids: list[str], config: ProbeConfig = DEFAU
 def probe_task(layout: Layout, model_id: str, config: ProbeConfig, layer: int,
                class_idx: int | None, requested_device: str | None, force: bool) -> bool:
     """One model's `run_probe` on the Ray task's device (the body of a probe task)."""
-    from platonic.distributed import task_device
+    from platonic.run._ray import task_device
 
     return run_probe(layout, model_id, config, layer, class_idx, task_device(requested_device),
                      force)
@@ -178,7 +178,7 @@ def probe_task(layout: Layout, model_id: str, config: ProbeConfig, layer: int,
 
 def _probes_on_ray(layout: Layout, model_ids: list[str], config: ProbeConfig, layer: int,
                    class_idx: int | None, force: bool, args: argparse.Namespace) -> int:
-    from platonic import distributed
+    from platonic.run import _ray as distributed
 
     # Workers elsewhere have another working directory: they get the folder as an absolute path.
     layout = Layout.at(layout.base.resolve())
