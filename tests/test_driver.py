@@ -21,7 +21,7 @@ from interrupts import default_interrupts
 from platonic.io.features import feature_path, read_meta
 from platonic.io.results import alignment_path, csv_path, grids_path, load_result
 from platonic.io.storage import level_dir
-from platonic.models.registry import minilm_folder
+from platonic.models.weights import minilm_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS = (0, 50, 100)

@@ -26,7 +26,8 @@ from platonic.mmimdb.fixture import build_fixture
 from platonic.mmimdb.genres import GENRES
 from platonic.mmimdb.layout import Layout
 from platonic.mmimdb.study_alignment import alignment_file
-from platonic.models.registry import LANGUAGE, VISION, minilm_folder
+from platonic.models.registry import LANGUAGE, VISION
+from platonic.models.weights import minilm_folder
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = {"train": 120, "dev": 48, "test": 64}

