@@ -35,12 +35,13 @@ from platonic.core.alignment import (
     prepare_features,
     score_grid,
 )
-from platonic.core.calibration import N_BOOTSTRAP, Calibration, calibrate, check_counts
+from platonic.core.calibration import N_BOOTSTRAP, calibrate, check_counts
 from platonic.data.datasets import dataset_label, load_data
 from platonic.data.level_sources import file_levels
 from platonic.errors import PlatonicError
 from platonic.io.features import read_meta, resolve_feature_file
 from platonic.io.fingerprints import images_fingerprint, texts_fingerprint
+from platonic.io.results import Calibration
 from platonic.io.storage import level_dir
 from platonic.models.registry import LANGUAGE, VISION, get_models
 
@@ -130,7 +131,7 @@ class Alignment:
         `feats` is [N, D] or [N, layers, D], rows in the order of `get_data`. Returns
         {model id: (score, (reference layer, your layer))}, -1 meaning all layers concatenated
         and None no score above 0, as `compute_score(reference, feats)` would. With `null=N`,
-        each value gains a third item, the `platonic.core.calibration.Calibration` of the score:
+        each value gains a third item, the `platonic.io.results.Calibration` of the score:
         null from N permutations of your rows, p-value, calibrated score, and a bootstrap CI
         (`bootstrap` replicates) at the chosen layers; an undefined score (NaN) has an
         undefined (NaN) p-value and calibrated score.

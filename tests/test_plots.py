@@ -13,6 +13,7 @@ import torch
 from scipy import stats
 
 import plot_alignment
+from platonic.core.statistics import bootstrap_mean_rho
 from platonic.errors import PlatonicError, run_cli
 from platonic.io.features import feature_path, save_features
 from platonic.io.results import AlignmentResult, save_result
@@ -20,7 +21,7 @@ from platonic.io.storage import level_dir
 from platonic.stages import plots
 from platonic.stages.plots import plot_study
 from platonic.stages.study import StudySpec, load_study
-from platonic.stages.study_statistics import bootstrap_mean_rho, summarise
+from platonic.stages.study_statistics import summarise
 
 LANGUAGE = ["org/lm-small", "org/lm-large", "org/encoder"]  # the encoder has no bits per byte
 DINO = ["vit_small_patch14_dinov2.lvd142m", "vit_base_patch14_dinov2.lvd142m",
@@ -301,8 +302,7 @@ def test_cli_writes_and_prints_where(study_dirs, tmp_path, capsys, monkeypatch):
 
 def _calibrated_study(root, **study):
     """write_study's results with a hand-made null for every pair (from the score, by formula)."""
-    from platonic.core.calibration import Calibration
-    from platonic.io.results import load_result
+    from platonic.io.results import Calibration, load_result
 
     align, feats = write_study(root, **study)
     for level in LEVELS:

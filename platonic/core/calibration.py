@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
 from functools import cached_property
 from typing import Any
 
@@ -43,6 +42,7 @@ import torch
 from platonic.core import metrics
 from platonic.core.alignment import LayerKernels, best_of_grid, score_grid
 from platonic.errors import PlatonicError
+from platonic.io.results import Calibration
 
 N_BOOTSTRAP = 1000
 # 2: a null value is the max over layer pairs whatever its sign (was NaN when <= 0), and an
@@ -51,30 +51,6 @@ NULL_VERSION = 2
 FAST_NULL_METRICS = ("mutual_knn",)
 PER_SAMPLE_METRICS = ("mutual_knn", "cycle_knn", "lcs_knn", "edit_distance_knn")
 RESAMPLED_METRICS = ("cka", "unbiased_cka")
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """A score against its permutation null, and its bootstrap CI at the chosen layers."""
-
-    score: float
-    null_mean: float
-    null_p95: float
-    p_value: float
-    calibrated: float
-    n_null: int
-    ci_low: float
-    ci_high: float
-    n_bootstrap: int
-    null_method: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: (None if isinstance(v, float) and math.isnan(v) else v)
-                for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Calibration:
-        return cls(**{k: (math.nan if v is None else v) for k, v in data.items()})
 
 
 class PermutedKernels(LayerKernels):

@@ -16,7 +16,8 @@ hashes against it, so a run killed between the renames (new grids beside an old 
 detected as an incomplete result, never read as a mix of two runs.
 
 With `--null N` the JSON also holds `calibration` [n_x][n_y] (null mean, 95th percentile,
-p-value, calibrated score, bootstrap CI; see `platonic.core.calibration`) and the CSV its columns.
+p-value, calibrated score, bootstrap CI: a `Calibration`, computed by `platonic.core.calibration`)
+and the CSV its columns.
 """
 
 from __future__ import annotations
@@ -25,13 +26,12 @@ import csv
 import io
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from platonic.core.calibration import Calibration
 from platonic.errors import PlatonicError
 from platonic.io.storage import (
     atomic_path,
@@ -74,6 +74,30 @@ class IncompleteResult(PlatonicError):
 def json_score(value: float) -> float | None:
     """A score for JSON and CSV: None (null) for an undefined (NaN) one."""
     return float(value) if math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A score against its permutation null, and its bootstrap CI at the chosen layers."""
+
+    score: float
+    null_mean: float
+    null_p95: float
+    p_value: float
+    calibrated: float
+    n_null: int
+    ci_low: float
+    ci_high: float
+    n_bootstrap: int
+    null_method: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v)
+                for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Calibration:
+        return cls(**{k: (math.nan if v is None else v) for k, v in data.items()})
 
 
 @dataclass

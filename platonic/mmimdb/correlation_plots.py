@@ -19,6 +19,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from platonic.core.statistics import ols_slope
 from platonic.io.storage import read_json, sha256_file, sha256_of, write_json, write_text
 from platonic.mmimdb.layout import Layout
 from platonic.mmimdb.report import (
@@ -31,7 +32,6 @@ from platonic.mmimdb.report import (
     write_correlation_csv,
 )
 from platonic.stages.plots import DPI, FORMATS, save_figure, short_name, size_colours, slug
-from platonic.stages.study_statistics import ols_slope
 from platonic.stages.summary import fmt
 
 PLOT_VERSION = 2  # 2: the rightmost point's name placed inside the axes

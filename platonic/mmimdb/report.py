@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from platonic.core.statistics import bootstrap_mean_rho, mean_rho, ols_slope, spearman_rho
 from platonic.errors import PlatonicError
 from platonic.io.results import load_result
 from platonic.io.storage import write_text
@@ -26,7 +27,6 @@ from platonic.mmimdb.layout import Layout
 from platonic.mmimdb.performance import read_performance
 from platonic.mmimdb.study_alignment import alignment_file
 from platonic.models.registry import VISION, get_model
-from platonic.stages.study_statistics import bootstrap_mean_rho, mean_rho, ols_slope, spearman_rho
 from platonic.stages.summary import fmt, format_ci, markdown_table
 
 OVERALL = "overall"

@@ -20,13 +20,14 @@ from tqdm import tqdm
 
 from platonic.core import metrics
 from platonic.core.alignment import LayerKernels, best_of_grid, load_kernels, score_grid
-from platonic.core.calibration import NULL_VERSION, Calibration, calibrate, check_counts
+from platonic.core.calibration import NULL_VERSION, calibrate, check_counts
 from platonic.data.datasets import dataset_label
 from platonic.data.levels import parse_levels
 from platonic.errors import PlatonicError
 from platonic.io.features import read_meta, resolve_feature_file, verified_fingerprint
 from platonic.io.results import (
     AlignmentResult,
+    Calibration,
     IncompleteResult,
     alignment_path,
     load_result,

@@ -30,6 +30,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy import stats
 
+from platonic.core.statistics import ols_slope
 from platonic.data.datasets import dataset_label
 from platonic.data.levels import parse_levels
 from platonic.io.storage import atomic_path
@@ -39,7 +40,6 @@ from platonic.stages.study_statistics import (
     DEFAULT_PANEL_LEVELS,
     StudySummary,
     mean_family_slope,
-    ols_slope,
     summarise,
     vision_level_scores,
 )
