@@ -27,7 +27,9 @@ from platonic.data.datasets import load_data
 from platonic.data.levels import parse_levels
 from platonic.io.features import load_features
 from platonic.models.registry import LANGUAGE, MODEL_SETS, VISION, get_models
-from platonic.run._ray import estimated_params, extract_on_ray, gpus_for
+from platonic.run.cli_args import RaySettings
+from platonic.run.ray_runner import gpus_for
+from platonic.run.ray_stages import estimated_params, extract_on_ray
 from platonic.stages.extract import RunStats, Settings, run_extraction, texts_by_level
 from platonic.stages.measure import score_pair
 
@@ -189,9 +191,8 @@ def main() -> None:
         ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
         init_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        ray_args = argparse.Namespace(ray="local", ray_retries=3, gpu_memory_gb=None, device="cpu")
-        extract_on_ray(language_specs, vision_specs, captions,
-                       data.images, settings_for(root / "ray", data, args.batch_size), ray_args)
+        extract_on_ray(language_specs, vision_specs, captions, data.images,
+                       settings_for(root / "ray", data, args.batch_size), RaySettings(device="cpu"))
         ray_seconds = time.perf_counter() - started
         ray.shutdown()
         difference = max_difference(root / "local", root / "ray")

@@ -3,8 +3,8 @@
 Run with --help for the options; see platonic.mmimdb.commands.
 """
 
-from platonic.errors import run_cli
 from platonic.mmimdb.commands import extract_main
+from platonic.run.exit_codes import run_cli
 
 if __name__ == "__main__":
     run_cli(extract_main)

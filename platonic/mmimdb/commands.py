@@ -16,7 +16,8 @@ from platonic.mmimdb.layout import Layout
 from platonic.mmimdb.model_sets import STUDY_SETS, study_models
 from platonic.mmimdb.probe import BATCH_SIZE, EPOCHS, LEARNING_RATES, WEIGHT_DECAYS, ProbeConfig
 from platonic.models.devices import stage_device
-from platonic.run import _args as cli
+from platonic.run import cli_args
+from platonic.run.cli_args import ray_settings
 
 DEFAULT_BASE_DIR = "results/mmimdb"
 DEFAULT_MODELSET = "demo"
@@ -30,18 +31,13 @@ def _parser(description: str, ray: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--base_dir", default=DEFAULT_BASE_DIR,
                         help="study folder: mmimdb_ids, mmimdb_feat, mmimdb_performance, "
                              "mmimdb_align, mmimdb_plots go under it")
-    cli.add_modelset_arg(parser, DEFAULT_MODELSET, sorted(STUDY_SETS))
-    cli.add_device_arg(parser)
+    cli_args.add_modelset_arg(parser, DEFAULT_MODELSET, sorted(STUDY_SETS))
+    cli_args.add_device_arg(parser)
     parser.add_argument("--force_remake", action="store_true",
                         help="remake this stage's outputs even when they are current")
     if ray:
-        cli.add_ray_args(parser.add_argument_group("ray"))
+        cli_args.add_ray_args(parser.add_argument_group("ray"))
     return parser
-
-
-def _ray_args(args: argparse.Namespace) -> argparse.Namespace | None:
-    """The parsed flags when the stage runs on Ray (--ray), else None."""
-    return args if args.ray else None
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -60,16 +56,16 @@ def extract_parser() -> argparse.ArgumentParser:
     parser.add_argument("--root", default=None,
                         help=f"MM-IMDb folder (split.json, dataset/); default ${ROOT_ENV}, else "
                              "the embedded fixture")
-    parser.add_argument("--num_samples", type=cli.positive_int, default=DEFAULT_NUM_SAMPLES,
+    parser.add_argument("--num_samples", type=cli_args.positive_int, default=DEFAULT_NUM_SAMPLES,
                         help="movies per split (the authors' sampled_ids.npy when present, else "
                              "a seeded sample)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampler")
     parser.add_argument("--modality", default="all", choices=["language", "vision", "all"])
-    parser.add_argument("--batch_size", type=cli.positive_int, default=32,
+    parser.add_argument("--batch_size", type=cli_args.positive_int, default=32,
                         help="most plots/posters per forward pass (halved on out-of-memory)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
                         help="feature storage precision")
-    parser.add_argument("--max_length", type=cli.positive_int, default=None,
+    parser.add_argument("--max_length", type=cli_args.positive_int, default=None,
                         help="truncate plots to this many tokens (default: none, as the original)")
     return parser
 
@@ -91,7 +87,7 @@ def extract_main(argv: list[str] | None = None) -> int:
                                 args.force_remake, args.max_length)
     stats = extract_study_features(language if args.modality != "vision" else [],
                                    vision if args.modality != "language" else [],
-                                   selections, settings, _ray_args(args))
+                                   selections, settings, ray_settings(args))
     print(f"features: wrote {len(stats.written)} files, reused {len(stats.reused)}, "
           f"model loads {dict(stats.loads)}")
     return 0
@@ -104,7 +100,7 @@ def probe_parser() -> argparse.ArgumentParser:
                      "lr x wd grid trained at once, chosen on dev macro F1, reported on test.")
     parser.add_argument("--layer", type=int, default=-1,
                         help="hidden state probed (-1: the last; 0: the embeddings)")
-    parser.add_argument("--epochs", type=cli.positive_int, default=EPOCHS)
+    parser.add_argument("--epochs", type=cli_args.positive_int, default=EPOCHS)
     parser.add_argument("--lrs", type=_floats, default=LEARNING_RATES, help="learning rates")
     parser.add_argument("--wds", type=_floats, default=WEIGHT_DECAYS, help="weight decays")
     parser.add_argument("--batch_size", type=int, default=BATCH_SIZE, help="0: full batch")
@@ -126,7 +122,7 @@ def probe_main(argv: list[str] | None = None) -> int:
     layout = Layout.at(args.base_dir)
     language, _ = study_models(args.modelset)
     trained = run_probes(layout, [spec.id for spec in language], config, args.layer,
-                         args.class_idx, stage_device(args.device, bool(args.ray)), args.force_remake, _ray_args(args))
+                         args.class_idx, stage_device(args.device, bool(args.ray)), args.force_remake, ray_settings(args))
     print(f"performance: trained {trained} probes, reused {len(language) - trained} "
           f"({layout.perf_dir})")
     return 0
@@ -137,7 +133,7 @@ def probe_main(argv: list[str] | None = None) -> int:
 def measure_parser() -> argparse.ArgumentParser:
     parser = _parser("MM-IMDb alignment: every language model with every vision model on the "
                      "test movies (best over all layer pairs, incl. all layers concatenated).")
-    cli.add_metric_args(parser, cli.positive_int)
+    cli_args.add_metric_args(parser, cli_args.positive_int)
     parser.add_argument("--precise", action="store_true",
                         help="outlier threshold from one global quantile")
     return parser
@@ -152,7 +148,7 @@ def measure_main(argv: list[str] | None = None) -> int:
         raise PlatonicError(f"model set {args.modelset!r} has no vision models")
     measure_study(Layout.at(args.base_dir), args.modelset, [m.id for m in language],
                   [m.id for m in vision], args.device, args.metric, args.topk, args.precise,
-                  args.force_remake, _ray_args(args))
+                  args.force_remake, ray_settings(args))
     return 0
 
 
@@ -161,9 +157,9 @@ def measure_main(argv: list[str] | None = None) -> int:
 def plot_parser() -> argparse.ArgumentParser:
     parser = _parser("MM-IMDb correlation: per vision family, alignment vs language-model test "
                      "F1 (overall and per genre): figures, correlation.csv, summary.md.", ray=False)
-    cli.add_metric_args(parser, cli.positive_int)
+    cli_args.add_metric_args(parser, cli_args.positive_int)
     parser.add_argument("--plot_dir", default=None, help="default: BASE_DIR/mmimdb_plots")
-    parser.add_argument("--dpi", type=cli.positive_int, default=300, help="PNG resolution")
+    parser.add_argument("--dpi", type=cli_args.positive_int, default=300, help="PNG resolution")
     return parser
 
 

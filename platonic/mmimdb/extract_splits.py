@@ -8,7 +8,6 @@ vision model encodes the test posters once (per-block features). Files are reuse
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from platonic.errors import PlatonicError
@@ -26,6 +25,7 @@ from platonic.mmimdb.dataset import (
 from platonic.mmimdb.genres import label_matrix, unknown_note
 from platonic.mmimdb.layout import ALIGNMENT_SPLIT, FEATURE_DATASET, Layout
 from platonic.models.registry import ModelSpec
+from platonic.run.cli_args import RaySettings
 from platonic.stages.extract import RunStats, Settings, extract_language, extract_vision
 
 
@@ -69,15 +69,15 @@ def feature_settings(layout: Layout, device: str, batch_size: int = 32, dtype: s
 
 def extract_study_features(language: list[ModelSpec], vision: list[ModelSpec],
                            selections: dict[str, Selection], settings: Settings,
-                           ray_args: argparse.Namespace | None = None) -> RunStats:
+                           ray: RaySettings | None = None) -> RunStats:
     """Plots of every split through each language model (one load each), test posters through
-    each vision model (one pass each); with `ray_args` (`--ray`), one Ray task per model."""
+    each vision model (one pass each); with `ray` (`--ray`), one Ray task per model."""
     texts = {split: [m.text for m in s.movies] for split, s in selections.items()}
     posters = [load_image(m) for m in selections[ALIGNMENT_SPLIT].movies] if vision else []
-    if ray_args is not None:
-        from platonic.run._ray import extract_on_ray
+    if ray is not None:
+        from platonic.run.ray_stages import extract_on_ray
 
-        return extract_on_ray(language, vision, texts, posters, settings, ray_args,
+        return extract_on_ray(language, vision, texts, posters, settings, ray,
                               vision_levels=[ALIGNMENT_SPLIT])
     stats = RunStats()
     for spec in language:

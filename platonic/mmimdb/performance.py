@@ -9,7 +9,6 @@ selection (checked through the texts' fingerprint), so labels can never be misal
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -37,6 +36,7 @@ from platonic.mmimdb.probe import (
     train_grid,
 )
 from platonic.models.registry import LANGUAGE
+from platonic.run.cli_args import RaySettings
 
 PROBE_VERSION = 2  # 2: closed-form gradient and fused Adam (same trajectories up to rounding)
 # A probe's weights are megabytes: on a GPU cluster four probe tasks share one GPU.
@@ -158,11 +158,11 @@ def run_probe(layout: Layout, model_id: str, config: ProbeConfig = DEFAULT_CONFI
 
 def run_probes(layout: Layout, model_ids: list[str], config: ProbeConfig = DEFAULT_CONFIG,
                layer: int = -1, class_idx: int | None = None, device: str = "cpu",
-               force: bool = False, ray_args: argparse.Namespace | None = None) -> int:
-    """`run_probe` for every language model, here or (with `ray_args`, `--ray`) as one Ray task
+               force: bool = False, ray: RaySettings | None = None) -> int:
+    """`run_probe` for every language model, here or (with `ray`, `--ray`) as one Ray task
     per model; the number that trained (the rest were current)."""
-    if ray_args is not None:
-        return _probes_on_ray(layout, model_ids, config, layer, class_idx, force, ray_args)
+    if ray is not None:
+        return _probes_on_ray(layout, model_ids, config, layer, class_idx, force, ray)
     return sum(run_probe(layout, model_id, config, layer, class_idx, device, force)
                for model_id in tqdm(model_ids, desc="probes", unit="model"))
 
@@ -170,30 +170,30 @@ def run_probes(layout: Layout, model_ids: list[str], config: ProbeConfig = DEFAU
 def probe_task(layout: Layout, model_id: str, config: ProbeConfig, layer: int,
                class_idx: int | None, requested_device: str | None, force: bool) -> bool:
     """One model's `run_probe` on the Ray task's device (the body of a probe task)."""
-    from platonic.run._ray import task_device
+    from platonic.run.ray_runner import task_device
 
     return run_probe(layout, model_id, config, layer, class_idx, task_device(requested_device),
                      force)
 
 
 def _probes_on_ray(layout: Layout, model_ids: list[str], config: ProbeConfig, layer: int,
-                   class_idx: int | None, force: bool, args: argparse.Namespace) -> int:
-    from platonic.run import _ray as distributed
+                   class_idx: int | None, force: bool, ray: RaySettings) -> int:
+    from platonic.run import ray_runner
 
     # Workers elsewhere have another working directory: they get the folder as an absolute path.
     layout = Layout.at(layout.base.resolve())
     trained: list[bool] = []
-    with distributed.ray_session(args) as session:
-        gpus = PROBE_GPU_SHARE if distributed.tasks_use_gpus(args.device) else 0
+    with ray_runner.ray_session(ray) as session:
+        gpus = PROBE_GPU_SHARE if ray_runner.tasks_use_gpus(ray.device) else 0
         tasks = []
         for model_id in model_ids:
             task = session.task(probe_task, num_gpus=gpus, name=f"probe {model_id}")
-            ref = task.remote(layout, model_id, config, layer, class_idx, args.device, force)
-            tasks.append(distributed.Submitted(ref, f"model {model_id}", trained.append))
+            ref = task.remote(layout, model_id, config, layer, class_idx, ray.device, force)
+            tasks.append(ray_runner.Submitted(ref, f"model {model_id}", trained.append))
         try:
-            distributed.wait_for(tasks, "probes on Ray")
+            ray_runner.wait_for(tasks, "probes on Ray")
         finally:
-            distributed.remove_stale_temporaries(
+            ray_runner.remove_stale_temporaries(
                 [path for model_id in model_ids
                  for path in (layout.performance(model_id), layout.weights(model_id))])
     return sum(trained)

@@ -1,4 +1,4 @@
-"""The alignment stage: the project's engine (`platonic.stages.measure`) on the test movies.
+"""The alignment stage: the project's measure stage (`platonic.stages.measure`) on the test movies.
 
 Every language model against every vision model, best score over all layer pairs including
 the concatenation of all layers; pairs whose two feature files are unchanged are reused from
@@ -7,7 +7,6 @@ the previous result.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from platonic.io.results import alignment_path
@@ -19,9 +18,10 @@ from platonic.mmimdb.layout import (
     VISION_POOL,
     Layout,
 )
-from platonic.models.devices import pick_device
 from platonic.models.registry import LANGUAGE, VISION
-from platonic.stages.measure import build_parser, measure_level, side_from_args
+from platonic.run.cli_args import RaySettings
+from platonic.stages import measure
+from platonic.stages.measure import Side
 
 DEFAULT_METRIC, DEFAULT_TOPK = "mutual_knn", 10
 
@@ -36,23 +36,19 @@ def alignment_file(layout: Layout, modelset: str, metric: str = DEFAULT_METRIC,
 def measure_study(layout: Layout, modelset: str, language_ids: list[str], vision_ids: list[str],
                   device: str | None = None, metric: str = DEFAULT_METRIC, topk: int = DEFAULT_TOPK,
                   precise: bool = False, force: bool = False,
-                  ray_args: argparse.Namespace | None = None) -> Path:
+                  ray: RaySettings | None = None) -> Path:
     """Alignment of every language model with every vision model on the test split; with
-    `ray_args` (`--ray`), as the engine's Ray tasks (one per language model)."""
-    argv = ["--dataset", FEATURE_DATASET, "--modelset", modelset,
-            "--input_dir", str(layout.feat_dir), "--output_dir", str(layout.align_dir),
-            "--pool_x", LANGUAGE_POOL, "--pool_y", VISION_POOL,
-            "--metric", metric, "--topk", str(topk),
-            "--models_x", *language_ids, "--models_y", *vision_ids]
-    argv += ["--precise"] * precise + ["--force_remake"] * force
-    argv += ["--device", device] if device else []
-    if ray_args is not None:
-        argv += ["--ray", ray_args.ray, "--ray_retries", str(ray_args.ray_retries)]
-    args = build_parser().parse_args(argv)
-    x, y = side_from_args(args, "x"), side_from_args(args, "y")
-    if ray_args is not None:
-        from platonic.run._ray import measure_on_ray
+    `ray` (`--ray`), as the engine's Ray tasks (one per language model)."""
+    settings = measure.Settings(
+        input_dir=str(layout.feat_dir), output_dir=str(layout.align_dir),
+        dataset=FEATURE_DATASET, subset=None, modelset=modelset,
+        x=Side(LANGUAGE, LANGUAGE_POOL, False, language_ids),
+        y=Side(VISION, VISION_POOL, False, vision_ids), levels=[ALIGNMENT_SPLIT],
+        metric=metric, topk=topk, precise=precise, force_remake=force, device=device)
+    if ray is not None:
+        from platonic.run.ray_stages import measure_on_ray
 
-        measure_on_ray(args, x, y, [ALIGNMENT_SPLIT])
+        measure_on_ray(settings, ray)
         return alignment_file(layout, modelset, metric, topk)
-    return measure_level(args, x, y, ALIGNMENT_SPLIT, pick_device(device))
+    [path] = measure.run(settings)
+    return path

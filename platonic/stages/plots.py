@@ -1,4 +1,5 @@
-"""Figures of a uniqueness study, and `plot_study`, which writes every figure and table of one.
+"""The plot stage: figures of a uniqueness study, and `run`, which writes every figure and table
+of one (or leaves them, when they were made from the same study with the same settings).
 
 Figures are built on `matplotlib.figure.Figure` with the Agg canvas (no pyplot, no global
 state), saved as PNG and PDF through a temporary file that is renamed on success.
@@ -6,21 +7,22 @@ state), saved as PNG and PDF through a temporary file that is renamed on success
 Per vision family: alignment vs language performance (one panel per chosen level, one colour
 and OLS line per vision-model size), and alignment vs uniqueness level (one line per size).
 Per level: a heatmap of the language x vision alignment matrix, one colour scale for all levels.
-The statistics in the titles come from `platonic.stages.study_statistics.summarise`, so they match the summary.
+The statistics in the titles come from `platonic.stages.study_statistics.summarise`, so they
+match the summary.
 Results measured with `--null` add a grey band for chance: from the null mean to its 95th
 percentile, averaged over the pairs shown.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -31,13 +33,9 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from platonic.core.statistics import ols_slope
-from platonic.data.datasets import dataset_label
-from platonic.data.levels import parse_levels
-from platonic.io.storage import atomic_path
-from platonic.run import _args as cli
+from platonic.io.storage import atomic_path, read_json, sha256_of, write_json
 from platonic.stages.study import DEFAULT_LEVELS, Study, StudySpec, load_study, write_tidy_csv
 from platonic.stages.study_statistics import (
-    DEFAULT_PANEL_LEVELS,
     StudySummary,
     mean_family_slope,
     summarise,
@@ -50,11 +48,14 @@ DPI = 300
 MAX_ANNOTATED_CELLS = 400
 PERFORMANCE_LABEL = "language performance (-bits per byte)"
 CHANCE_LABEL = "chance (null mean to 95th pct.)"
+PLOT_VERSION = 1
+STAMP = ".inputs.json"  # in the study's plot folder: the fingerprint of what made its files
 
 
 @dataclass
 class StudyOutputs:
-    """Where `plot_study` wrote things, and the headline statistic."""
+    """Where `run` wrote things (or found them up to date: `reused`), and the headline
+    statistic."""
 
     folder: Path
     figures: list[Path]
@@ -62,6 +63,7 @@ class StudyOutputs:
     summary_path: Path
     summary: StudySummary
     notes: list[str] = field(default_factory=list)
+    reused: bool = False
 
     @property
     def overall_rho(self) -> float:
@@ -70,6 +72,7 @@ class StudyOutputs:
     def describe(self) -> str:
         low, high = self.summary.overall_ci
         return "\n".join([
+            *([f"plots: up to date in {self.folder}"] if self.reused else []),
             f"overall Spearman rho of alignment vs uniqueness: {fmt(self.overall_rho)} "
             f"(95% CI {fmt(low)} .. {fmt(high)})",
             f"{len(self.figures)} figure files in {self.folder}",
@@ -242,23 +245,56 @@ def _score_range(values: np.ndarray) -> tuple[float, float]:
     return (low, high) if high > low else (low - 0.5, high + 0.5)
 
 
-def plot_study(spec: StudySpec, align_dir: str | os.PathLike,
-               features_dir: str | os.PathLike | None, plot_dir: str | os.PathLike,
-               levels: list[int] | tuple[int, ...] = DEFAULT_LEVELS,
-               panel_levels: list[int] | None = None, same_scale: bool = False,
-               dpi: int = DPI, formats: tuple[str, ...] = FORMATS) -> StudyOutputs:
-    """Read a study, write every figure (PNG + PDF), the tidy CSV and summary.md.
+@dataclass(frozen=True)
+class Settings:
+    """One plot run: which study (`spec`, its `levels`), read from which folders (`{}` for the
+    level; `features_dir` None: no bits per byte, no performance plots), and how it is drawn:
+    `panel_levels` (None: those of 10,30,50,70,90 plotted), `same_scale` (one y range for every
+    performance panel, another for every uniqueness plot), `dpi` (PNG) and `formats`."""
+
+    spec: StudySpec
+    align_dir: str | os.PathLike
+    features_dir: str | os.PathLike | None
+    plot_dir: str | os.PathLike
+    levels: list[int] | tuple[int, ...] = DEFAULT_LEVELS
+    panel_levels: list[int] | None = None
+    same_scale: bool = False
+    dpi: int = DPI
+    formats: tuple[str, ...] = FORMATS
+
+    def drawing(self) -> dict[str, Any]:
+        """Every setting that changes a figure or table, besides the study itself."""
+        return {"plot": PLOT_VERSION, "spec": asdict(self.spec),
+                "panel_levels": self.panel_levels, "same_scale": self.same_scale,
+                "dpi": self.dpi, "formats": list(self.formats)}
+
+
+def inputs_fingerprint(study: Study, settings: Settings) -> str:
+    """What the outputs are made from: the study's table (scores, layers, bits per byte, nulls),
+    its levels and notes, and the drawing settings."""
+    table = study.frame.to_csv(index=False, lineterminator="\n")
+    return sha256_of({**settings.drawing(), "levels": study.levels, "notes": study.notes,
+                      "table": sha256_of(table)})
+
+
+def run(settings: Settings) -> StudyOutputs:
+    """Read a study, write every figure, the tidy CSV and summary.md; or, when they were made
+    from the same study with the same settings (the fingerprint in `STAMP`), leave them.
 
     Outputs go to `plot_dir/<dataset>/<subset>/<modelset>/<modality pair>/<metric>_k<topk>/`,
     the alignment-result layout, so studies with other settings never overwrite each other.
-    `same_scale` gives every performance panel one y range, and every uniqueness plot another.
-    `dpi` applies to PNG; `formats` are matplotlib format names.
     """
-    study = load_study(spec, align_dir, features_dir, levels)
-    summary = summarise(study, panel_levels)
-    folder = Path(plot_dir) / spec.stem()
-    save = partial(save_figure, dpi=dpi, formats=formats)
-    figures = _family_figures(study, summary, folder, same_scale, save)
+    study = load_study(settings.spec, settings.align_dir, settings.features_dir, settings.levels)
+    summary = summarise(study, settings.panel_levels)
+    folder = Path(settings.plot_dir) / settings.spec.stem()
+    fingerprint = inputs_fingerprint(study, settings)
+    made = _current_outputs(folder / STAMP, fingerprint)
+    if made is not None:
+        *figures, csv_file, summary_file = made
+        return StudyOutputs(folder, figures, csv_file, summary_file, summary, summary.notes,
+                            reused=True)
+    save = partial(save_figure, dpi=settings.dpi, formats=settings.formats)
+    figures = _family_figures(study, summary, folder, settings.same_scale, save)
     vrange = _score_range(study.frame["score"].to_numpy())
     for level in study.levels:
         figures += save(plot_heatmap(study, level, vrange), folder / f"heatmap_u={level}")
@@ -266,7 +302,21 @@ def plot_study(spec: StudySpec, align_dir: str | os.PathLike,
     summary_file = folder / "summary.md"
     names = [p.relative_to(folder) for p in [*figures, csv_file]]
     write_summary(study, summary, summary_file, names)
+    write_json(folder / STAMP, {"fingerprint": fingerprint, "files": [
+        str(p.relative_to(folder)) for p in [*figures, csv_file, summary_file]]})
     return StudyOutputs(folder, figures, csv_file, summary_file, summary, summary.notes)
+
+
+def _current_outputs(stamp: Path, fingerprint: str) -> list[Path] | None:
+    """The files the last run wrote (figures, CSV, summary) if it had this fingerprint and they
+    are all still there, else None."""
+    if not stamp.exists():
+        return None
+    made = read_json(stamp)
+    files = [stamp.parent / name for name in made.get("files", [])]
+    if made.get("fingerprint") != fingerprint or not files or not all(f.exists() for f in files):
+        return None
+    return files
 
 
 def _family_figures(study: Study, summary: StudySummary, folder: Path, same_scale: bool,
@@ -291,37 +341,3 @@ def _family_figures(study: Study, summary: StudySummary, folder: Path, same_scal
         else:
             figures += save(fig, folder / f"alignment_vs_uniqueness_{name}")
     return figures
-
-
-# --- command line (plot_alignment.py) -----------------------------------------------------------
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Plot alignment against language performance and caption uniqueness, and "
-                    "tabulate it.")
-    cli.add_alignment_args(parser, topk_type=cli.topk_value)
-    parser.add_argument("--same_scale", action="store_true",
-                        help="one y range for all performance panels, another for all trend plots")
-    cli.add_features_dir(parser, default=None,
-                         help="feature folder template with {} for the level (bits per byte of "
-                              "the language models); without it, no performance plots")
-    cli.add_align_dir(parser, default=None, required=True,
-                      help="alignment folder template with {} for the level")
-    parser.add_argument("--plot_dir", default="./plots")
-    cli.add_levels_arg(parser, "the levels to read (default: all)", parsed_default=True)
-    parser.add_argument("--panel_levels", type=parse_levels, default=None,
-                        help="levels with a performance panel (default: those of "
-                             f"{','.join(map(str, DEFAULT_PANEL_LEVELS))} that are plotted)")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    spec = StudySpec(*dataset_label(args.dataset, args.subset), args.modelset,
-                     args.modality_x, args.pool_x, args.prompt_x,
-                     args.modality_y, args.pool_y, args.prompt_y, args.metric, args.topk)
-    outputs = plot_study(spec, args.align_dir, args.features_dir, args.plot_dir,
-                         levels=args.levels, panel_levels=args.panel_levels,
-                         same_scale=args.same_scale)
-    print(outputs.describe())
-    return 0

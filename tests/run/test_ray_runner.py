@@ -21,11 +21,16 @@ from platonic.io.features import feature_path, load_features, save_features  # n
 from platonic.io.results import grids_path  # noqa: E402
 from platonic.io.storage import level_dir  # noqa: E402
 from platonic.models.registry import LANGUAGE, VISION, ModelSpec  # noqa: E402
-from platonic.run import _ray as distributed  # noqa: E402
+from platonic.run import (  # noqa: E402
+    extract_features,
+    ray_runner,  # noqa: E402
+    ray_stages,
+)
+from platonic.run.cli_args import RaySettings  # noqa: E402
+from platonic.run.measure_alignment import main as measure_main  # noqa: E402
 from platonic.stages import extract  # noqa: E402
-from platonic.stages.measure import main as measure_main  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LEVELS = "0,100"
 N = 10
 
@@ -88,10 +93,10 @@ def no_temporaries(root: Path) -> bool:
 def test_demo_like_stages_through_ray_equal_a_local_run(tmp_path, local_ray, custom_models, capsys,
                                                         ray_submissions):
     local, on_ray = tmp_path / "local", tmp_path / "ray"
-    assert extract.main(extract_args(local)) == 0
+    assert extract_features.main(extract_args(local)) == 0
     assert measure_main(measure_args(local)) == 0
     capsys.readouterr()
-    assert extract.main(extract_args(on_ray, "--ray", "--ray_retries", "0")) == 0
+    assert extract_features.main(extract_args(on_ray, "--ray", "--ray_retries", "0")) == 0
     assert "wrote 4 feature files, reused 0, model loads {" in capsys.readouterr().out
     assert_same_features(on_ray, local, custom_models)
     assert measure_main(measure_args(on_ray, "--ray", "--ray_retries", "0")) == 0
@@ -101,7 +106,7 @@ def test_demo_like_stages_through_ray_equal_a_local_run(tmp_path, local_ray, cus
     assert {retries for _, retries in ray_submissions} == {0}
     # The alignment JSON names its inputs; beside that, the contents are the local run's.
     assert no_temporaries(on_ray)
-    assert extract.main(extract_args(on_ray, "--ray")) == 0
+    assert extract_features.main(extract_args(on_ray, "--ray")) == 0
     assert "wrote 0 feature files, reused 4, model loads {}" in capsys.readouterr().out
     assert measure_main(measure_args(on_ray, "--ray")) == 0
     assert capsys.readouterr().out.count("up to date:") == 2
@@ -110,7 +115,7 @@ def test_demo_like_stages_through_ray_equal_a_local_run(tmp_path, local_ray, cus
 def test_calibrated_null_through_ray_equals_a_local_run(tmp_path, local_ray, custom_models):
     """With --null the permutations are seeded by the pair's files: the same calibration."""
     local, on_ray = tmp_path / "local", tmp_path / "ray"
-    extract.main(extract_args(local))
+    extract_features.main(extract_args(local))
     null = ("--null", "4", "--bootstrap", "5")
     measure_main(measure_args(local, *null))
     # The same feature files, measured through Ray.
@@ -126,7 +131,7 @@ def test_calibrated_null_through_ray_equals_a_local_run(tmp_path, local_ray, cus
 def test_one_missing_feature_file_remade_through_ray(tmp_path, local_ray, custom_models, capsys):
     """A rerun after a lost file makes only that file, and the alignment only that level."""
     out = tmp_path / "run"
-    extract.main(extract_args(out))
+    extract_features.main(extract_args(out))
     measure_main(measure_args(out))
     before = {p: p.read_bytes() for p in alignment_files(out)}
     lm, pool = custom_models[0]
@@ -135,7 +140,7 @@ def test_one_missing_feature_file_remade_through_ray(tmp_path, local_ray, custom
     kept_bytes, lost_bytes = kept.read_bytes(), lost.read_bytes()
     lost.unlink()
     capsys.readouterr()
-    assert extract.main(extract_args(out, "--ray")) == 0
+    assert extract_features.main(extract_args(out, "--ray")) == 0
     assert "wrote 1 feature files, reused 3" in capsys.readouterr().out
     assert lost.read_bytes() == lost_bytes and kept.read_bytes() == kept_bytes
     assert measure_main(measure_args(out, "--ray")) == 0
@@ -184,7 +189,7 @@ def test_worker_killed_mid_write_is_retried_and_leaves_whole_equal_files(
                                    extract.Settings(str(tmp_path / "local/u={}"), **settings))
     assert len(local.written) == 4
     args = distributed_args(retries=2)
-    stats = distributed.extract_on_ray([lm], [vit], captions, data.images,
+    stats = ray_stages.extract_on_ray([lm], [vit], captions, data.images,
                                        extract.Settings(str(tmp_path / "ray/u={}"), **settings),
                                        args)
     assert marker.exists(), "the first attempt did not run"
@@ -202,15 +207,13 @@ def test_worker_killed_mid_write_is_retried_and_leaves_whole_equal_files(
     assert no_temporaries(tmp_path / "ray")
 
 
-def distributed_args(retries: int = 3, device: str | None = "cpu"):
-    import argparse
-
-    return argparse.Namespace(ray="local", ray_retries=retries, gpu_memory_gb=None, device=device)
+def distributed_args(retries: int = 3, device: str | None = "cpu") -> RaySettings:
+    return RaySettings("local", retries, device)
 
 
 def test_a_failed_task_is_named_and_the_stage_fails(tmp_path, local_ray, custom_models, capsys):
     out = tmp_path / "run"
-    extract.main(extract_args(out))
+    extract_features.main(extract_args(out))
     lm = custom_models[0][0]
     bad = feature_files(out, [(lm, "avg")])[(100, lm)]
     ff = load_features(bad)
@@ -236,7 +239,7 @@ def _closed_port() -> socket.socket:
 def test_an_unreachable_ray_address_is_one_line_at_once(tmp_path):
     """Nothing listens at the address: one line naming it, exit 2, in seconds (Ray alone
     printed warnings for minutes)."""
-    from tests.test_measure import LANG, VIS, write_models
+    from tests.stages.test_measure import LANG, VIS, write_models
 
     write_models(tmp_path / "feats")
     with _closed_port() as closed:
@@ -257,19 +260,20 @@ def test_an_unreachable_ray_client_address_is_refused_before_ray_starts():
     with _closed_port() as closed:
         port = closed.getsockname()[1]
         with pytest.raises(PlatonicError, match=rf"--ray ray://127.0.0.1:{port}: nothing accepts"):
-            distributed.check_reachable(f"ray://127.0.0.1:{port}")
-    assert distributed.host_and_port("ray://[::1]:10001") == ("::1", 10001)
-    assert distributed.host_and_port("auto") is None
+            ray_runner.check_reachable(f"ray://127.0.0.1:{port}")
+    assert ray_runner.host_and_port("ray://[::1]:10001") == ("::1", 10001)
+    assert ray_runner.host_and_port("auto") is None
 
 
 @pytest.mark.parametrize("value", ["-5", "-1"])
 def test_negative_ray_retries_are_refused_by_every_stage(value, capsys):
     """-1 would mean endless retries to Ray, -5 a traceback: every script with the Ray flags
     refuses both with one error line."""
-    from platonic.mmimdb import cli as mmimdb_cli
-    from platonic.stages import measure
+    from platonic.mmimdb import commands as mmimdb_cli
+    from platonic.run import measure_alignment
 
-    parsers = [extract.build_parser, measure.build_parser, mmimdb_cli.extract_parser,
+    parsers = [extract_features.build_parser, measure_alignment.build_parser,
+               mmimdb_cli.extract_parser,
                mmimdb_cli.probe_parser, mmimdb_cli.measure_parser]
     for parser in parsers:
         with pytest.raises(SystemExit) as exit_code:
@@ -290,11 +294,11 @@ def test_negative_ray_retries_are_refused_by_every_stage(value, capsys):
 def test_gpu_request_from_parameters_and_dtype(params, dtype, qlora, memory, expected):
     settings = extract.Settings("out", "embedded", "seed0", dtype=dtype, qlora=qlora)
     spec = ModelSpec("m", LANGUAGE, "F", "x", params / 1e9)
-    assert distributed.model_gpus(spec, settings, memory) == expected
+    assert ray_stages.model_gpus(spec, settings, memory) == expected
 
 
 def test_registry_sizes_are_known():
     from platonic.models.registry import MODEL_SETS
 
     for spec in MODEL_SETS["val"] + MODEL_SETS["test"]:
-        assert distributed.estimated_params(spec) is not None, spec.id
+        assert ray_stages.estimated_params(spec) is not None, spec.id

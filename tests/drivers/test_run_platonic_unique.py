@@ -23,9 +23,10 @@ from platonic.io.results import alignment_path, csv_path, grids_path, load_resul
 from platonic.io.storage import level_dir
 from platonic.models.weights import minilm_folder
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LEVELS = (0, 50, 100)
 TOPK = 5
+pytestmark = pytest.mark.driver
 
 
 def _models(tiny_llama_dir: Path) -> list[tuple[str, str, str]]:
@@ -80,7 +81,7 @@ def _files(base: Path) -> dict[Path, tuple[int, int]]:
 
 
 def _leftovers(base: Path) -> list[Path]:
-    return [p for pattern in (".*.tmp", ".*.link", ".last_plot.*") for p in base.rglob(pattern)]
+    return [p for pattern in (".*.tmp", ".*.link") for p in base.rglob(pattern)]
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +140,7 @@ def test_second_run_redoes_nothing(full_run, driver_env):
     again = _run(base, driver_env)
     assert "wrote 0 feature files" in again.stdout and "model loads {}" in again.stdout
     assert again.stdout.count("up to date: ") == len(LEVELS)
-    assert "== plot: up to date" in again.stderr
+    assert f"plots: up to date in {_plot_folder(base)}" in again.stdout
     assert _files(base) == before
 
 

@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
 from platonic.errors import PlatonicError
+from platonic.mmimdb.commands import extract_main, probe_main
+from platonic.mmimdb.fixture import build_fixture
+from platonic.mmimdb.layout import Layout
 from platonic.mmimdb.probe import (
     ProbeConfig,
     binary_metrics,
@@ -18,6 +23,8 @@ from platonic.mmimdb.probe import (
     train_grid,
     train_single,
 )
+from platonic.models.registry import LANGUAGE
+from platonic.models.weights import minilm_folder
 
 
 def toy(n: int, dim: int = 12, classes: int = 4, seed: int = 0):
@@ -102,3 +109,42 @@ def test_bad_config_is_one_line(kwargs):
     with pytest.raises(PlatonicError) as err:
         ProbeConfig(**kwargs)
     assert "\n" not in str(err.value)
+
+
+def _minilm() -> dict:
+    return {"id": str(minilm_folder()), "modality": LANGUAGE, "family": "MiniLM", "size": "22m",
+            "options": {"encoder": True}}
+
+
+def test_only_predictable_genre_wins(tmp_path, monkeypatch):
+    """Plots name western (and only western) movies' genre: western, by name, has the best F1."""
+    root = build_fixture(tmp_path / "root", seed=1, split_sizes={"train": 200, "dev": 60, "test": 100},
+                         image_size=32, text_strength={"western": 1.0},
+                         genre_weights={"western": 6.0}, distractor=0.0)
+    models = tmp_path / "models.json"
+    models.write_text(json.dumps([_minilm()]))
+    monkeypatch.setenv("PLATONIC_CUSTOM_MODELS", str(models))
+    common = ["--base_dir", str(tmp_path / "base"), "--modelset", "custom", "--device", "cpu"]
+    extract_main([*common, "--root", str(root), "--modality", "language"])
+    probe_main([*common, "--epochs", "30"])
+    perf = json.loads(Layout.at(tmp_path / "base").performance(str(minilm_folder())).read_text())
+    ranked = sorted(perf["f1_per_class"], key=perf["f1_per_class"].get, reverse=True)
+    assert ranked[0] == "western" and perf["support"]["western"] >= 5
+    assert perf["f1_per_class"]["western"] > perf["f1_per_class"][ranked[1]] + 0.2
+    with pytest.raises(PlatonicError, match="class_idx 23 is outside 0..22"):
+        probe_main([*common, "--class_idx", "23"])
+    probe_main([*common, "--epochs", "30", "--class_idx", "19", "--force_remake"])
+    binary = json.loads(Layout.at(tmp_path / "base").performance(str(minilm_folder())).read_text())
+    assert binary["task"] == "binary" and list(binary["f1_per_class"]) == ["western"]
+    assert binary["f1_positive"] > perf["f1_per_class"][ranked[1]] + 0.2
+
+
+def test_encoder_without_head_gives_the_same_features(tiny_llama_dir, captions):
+    from platonic.models.language import encode_texts, load_language_model
+    from platonic.models.registry import ModelSpec
+
+    lm = load_language_model(ModelSpec(str(tiny_llama_dir), LANGUAGE, "Tiny", ""))
+    full = encode_texts(lm, captions, batch_size=3)
+    bare = encode_texts(lm, captions, batch_size=3, next_token_loss=False)
+    torch.testing.assert_close(bare.feats, full.feats)
+    assert "bpb" in full.extras and "bpb" not in bare.extras and "loss" not in bare.extras

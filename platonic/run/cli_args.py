@@ -1,7 +1,8 @@
 """The command-line argument groups the scripts share, one `add_*` function a group.
 
 Every command line (`extract_features.py`, `measure_alignment.py`, `plot_alignment.py`,
-`perturbed/create_dataset.py`) is a thin script over a `main(argv)` in the package, whose
+`perturbed/create_dataset.py`, `mmimdb/*.py`) is a thin script over a `main(argv)` in the
+package (`platonic.run.*`, `platonic.captions.generate`, `platonic.mmimdb.commands`), whose
 parser is built from these functions plus the flags only it has. The flag names and defaults are
 the original scripts'; where one folder goes by different names in different scripts, each
 keeps its own and also accepts the common one (`--features_dir`, `--align_dir`).
@@ -13,6 +14,7 @@ for runs as Ray tasks) is one more `add_*` function here, so every script spells
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 from platonic.data.datasets import PRH
 from platonic.data.levels import ALL_LEVELS, parse_levels
@@ -133,6 +135,25 @@ def add_device_arg(parser: ArgumentTarget, help: str = DEVICE_HELP) -> None:
 
 
 LOCAL_RAY = "local"
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """A stage run as Ray tasks: where (`address`: `LOCAL_RAY`, 'auto' or a cluster's address),
+    how often a task whose worker died is rerun, the device asked for (None: each task's GPUs,
+    if it has any) and the memory of one cluster GPU (None: this machine's first, else 80 GB)."""
+
+    address: str = LOCAL_RAY
+    retries: int = 3
+    device: str | None = None
+    gpu_memory_gb: float | None = None
+
+
+def ray_settings(args: argparse.Namespace) -> RaySettings | None:
+    """What the flags of `add_ray_args` (and --device) ask for; None without --ray."""
+    if not args.ray:
+        return None
+    return RaySettings(args.ray, args.ray_retries, args.device, args.gpu_memory_gb)
 
 
 def add_ray_args(parser: ArgumentTarget) -> None:

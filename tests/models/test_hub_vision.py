@@ -186,7 +186,7 @@ def test_extract_cli_routes_a_hub_vision_folder(hub_folders, tiny_llama_dir, tmp
     the vision one equal to the features of the transformers path."""
     from platonic.io.features import feature_path, load_features
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     folder = hub_folders["dinov2"]
     proc = subprocess.run(
         [sys.executable, str(root / "extract_features.py"), "--dataset", "embedded",

@@ -30,7 +30,7 @@ from platonic.clip.module import (
 from platonic.clip.towers import build_image_tower, build_text_tower
 from platonic.errors import PlatonicError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
 SCRIPT = REPO / "mmimdb" / "clip_finetune_binary.py"
 

@@ -13,7 +13,7 @@ import pytest
 from platonic.io.features import feature_path, read_meta
 from platonic.io.storage import level_dir
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _extract(tmp_path, *args, env=None):
@@ -40,7 +40,7 @@ def test_custom_set_all_levels_then_measure(tmp_path, monkeypatch, tiny_llama_di
     again = _extract(tmp_path, *args, env=env)
     assert "wrote 0 feature files, reused 6, model loads {}" in again.stdout
 
-    from platonic.stages.measure import main as measure
+    from platonic.run.measure_alignment import main as measure
 
     monkeypatch.setenv("PLATONIC_CUSTOM_MODELS", str(models))
     assert measure(["--dataset", "embedded", "--subset", "seed0", "--modelset", "custom",

@@ -14,12 +14,12 @@ from scipy import stats
 
 import plot_alignment
 from platonic.core.statistics import bootstrap_mean_rho
-from platonic.errors import PlatonicError, run_cli
+from platonic.errors import PlatonicError
 from platonic.io.features import feature_path, save_features
 from platonic.io.results import AlignmentResult, save_result
 from platonic.io.storage import level_dir
+from platonic.run.exit_codes import run_cli
 from platonic.stages import plots
-from platonic.stages.plots import plot_study
 from platonic.stages.study import StudySpec, load_study
 from platonic.stages.study_statistics import summarise
 
@@ -32,6 +32,10 @@ LEVELS = [0, 30, 60, 100]
 SPEC = StudySpec("toy", "s1", "mine", metric="mutual_knn", topk=2)
 FAST_DPI = 40
 PNG_ONLY = {"dpi": FAST_DPI, "formats": ("png",)}
+
+
+def plot_study(spec: StudySpec, align, feats, plot_dir, **settings) -> plots.StudyOutputs:
+    return plots.run(plots.Settings(spec, align, feats, plot_dir, **settings))
 
 
 def make_scores(level: int) -> np.ndarray:
@@ -286,7 +290,7 @@ def test_bad_panel_level_and_modalities_are_errors(study_dirs):
 
 def test_cli_writes_and_prints_where(study_dirs, tmp_path, capsys, monkeypatch):
     align, feats = study_dirs
-    monkeypatch.setattr(plots, "plot_study", partial(plot_study, **PNG_ONLY))
+    monkeypatch.setattr(plots, "Settings", partial(plots.Settings, **PNG_ONLY))
     code = plot_alignment.main(["--dataset", "toy", "--subset", "s1", "--modelset", "mine",
                                 "--topk", "2", "--align_dir", align, "--features_dir", feats,
                                 "--plot_dir", str(tmp_path), "--levels", "0,30,60",

@@ -182,7 +182,7 @@ def test_bad_counts_are_clear_errors():
 def test_measure_null_writes_reuses_and_recomputes(tmp_path):
     from platonic.io.features import feature_path, load_features
     from platonic.io.results import csv_path, load_result
-    from tests.test_measure import LANG, VIS, run, write_models
+    from tests.stages.test_measure import LANG, VIS, run, write_models
 
     write_models(tmp_path / "feats")
     out = run(tmp_path, "--null", "50", "--bootstrap", "100")
@@ -228,7 +228,7 @@ def test_measure_null_writes_reuses_and_recomputes(tmp_path):
     (("--null", "-1"), "the null needs at least 1 permutation, got -1 (0: no null)")])
 def test_bad_counts_are_refused_with_or_without_null(tmp_path, flags, message):
     """Checked before any work, also when they would not be used: a calibrated result stays."""
-    from tests.test_measure import run, write_models
+    from tests.stages.test_measure import run, write_models
 
     write_models(tmp_path / "feats")
     out = run(tmp_path, "--null", "5", "--bootstrap", "10")
@@ -243,7 +243,7 @@ def test_measure_bad_null_is_one_line_error(tmp_path):
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, str(root / "measure_alignment.py"), "--null", "-3"],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr

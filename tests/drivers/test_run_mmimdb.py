@@ -1,5 +1,5 @@
-"""The MM-IMDb study end to end on small fixtures in the real layout: the driver's outputs and
-contract, resume, one-line errors, and a fixture where only one genre is predictable."""
+"""mmimdb/run_mmimdb.sh end to end on small fixtures in the real layout: the driver's outputs and
+contract, resume, one-line errors, every stage on Ray."""
 
 from __future__ import annotations
 
@@ -13,15 +13,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from interrupts import default_interrupts
 from scipy import stats
 
 from platonic.core.alignment import exhaustive_search, prepare_features
-from platonic.errors import PlatonicError
 from platonic.io.features import load_features
 from platonic.io.results import load_result
-from platonic.mmimdb.commands import extract_main, probe_main
 from platonic.mmimdb.fixture import build_fixture
 from platonic.mmimdb.genres import GENRES
 from platonic.mmimdb.layout import Layout
@@ -29,9 +26,10 @@ from platonic.mmimdb.study_alignment import alignment_file
 from platonic.models.registry import LANGUAGE, VISION
 from platonic.models.weights import minilm_folder
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SIZES = {"train": 120, "dev": 48, "test": 64}
 TOPK = 5
+pytestmark = pytest.mark.driver
 PERF_KEYS = {"f1_mean", "f1_weighted", "accuracy", "f1_per_class", "lr", "wd", "epoch"}
 
 
@@ -180,35 +178,23 @@ def test_interrupted_run_stops_cleanly_and_resumes(study, driver_env, tmp_path):
     np.testing.assert_allclose(mine.scores, reference.scores, atol=0.02)
 
 
-def test_only_predictable_genre_wins(tmp_path, monkeypatch):
-    """Plots name western (and only western) movies' genre: western, by name, has the best F1."""
-    root = build_fixture(tmp_path / "root", seed=1, split_sizes={"train": 200, "dev": 60, "test": 100},
-                         image_size=32, text_strength={"western": 1.0},
-                         genre_weights={"western": 6.0}, distractor=0.0)
-    models = tmp_path / "models.json"
-    models.write_text(json.dumps([_minilm()]))
-    monkeypatch.setenv("PLATONIC_CUSTOM_MODELS", str(models))
-    common = ["--base_dir", str(tmp_path / "base"), "--modelset", "custom", "--device", "cpu"]
-    extract_main([*common, "--root", str(root), "--modality", "language"])
-    probe_main([*common, "--epochs", "30"])
-    perf = json.loads(Layout.at(tmp_path / "base").performance(str(minilm_folder())).read_text())
-    ranked = sorted(perf["f1_per_class"], key=perf["f1_per_class"].get, reverse=True)
-    assert ranked[0] == "western" and perf["support"]["western"] >= 5
-    assert perf["f1_per_class"]["western"] > perf["f1_per_class"][ranked[1]] + 0.2
-    with pytest.raises(PlatonicError, match="class_idx 23 is outside 0..22"):
-        probe_main([*common, "--class_idx", "23"])
-    probe_main([*common, "--epochs", "30", "--class_idx", "19", "--force_remake"])
-    binary = json.loads(Layout.at(tmp_path / "base").performance(str(minilm_folder())).read_text())
-    assert binary["task"] == "binary" and list(binary["f1_per_class"]) == ["western"]
-    assert binary["f1_positive"] > perf["f1_per_class"][ranked[1]] + 0.2
-
-
-def test_encoder_without_head_gives_the_same_features(tiny_llama_dir, captions):
-    from platonic.models.language import encode_texts, load_language_model
-    from platonic.models.registry import ModelSpec
-
-    lm = load_language_model(ModelSpec(str(tiny_llama_dir), LANGUAGE, "Tiny", ""))
-    full = encode_texts(lm, captions, batch_size=3)
-    bare = encode_texts(lm, captions, batch_size=3, next_token_loss=False)
-    torch.testing.assert_close(bare.feats, full.feats)
-    assert "bpb" in full.extras and "bpb" not in bare.extras and "loss" not in bare.extras
+def test_driver_passes_ray_to_every_stage(tmp_path, driver_env):
+    """`run_mmimdb.sh --ray` (alone: a local instance per stage) runs the study end to end."""
+    root = build_fixture(tmp_path / "root", seed=3, split_sizes={"train": 60, "dev": 24, "test": 40},
+                         image_size=32)
+    base = tmp_path / "base"
+    proc = _driver({**driver_env, "EPOCHS": "2", "BATCH_SIZE": "8"}, "--root", str(root),
+                   "--base_dir", str(base), "--ray")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for stage in ("extract on Ray", "probes on Ray", "measure on Ray"):
+        assert stage in proc.stderr
+    layout = Layout.at(base)
+    models = json.loads(Path(driver_env["PLATONIC_CUSTOM_MODELS"]).read_text())
+    languages = [m["id"] for m in models if m["modality"] == LANGUAGE]
+    visions = [m for m in models if m["modality"] == VISION]
+    for model in languages:
+        assert json.loads(layout.performance(model).read_text())["config"]["epochs"] == 2
+    result = json.loads(alignment_file(layout, "custom", "mutual_knn", TOPK).read_text())
+    assert np.isfinite(result["scores"]).all()
+    assert np.asarray(result["scores"]).shape == (len(languages), len(visions))
+    assert f"| Test ViT | {len(visions)} |" in (layout.plot_dir / "summary.md").read_text()

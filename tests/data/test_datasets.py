@@ -17,7 +17,7 @@ from platonic.errors import PlatonicError
 from platonic.io.published_captions import read_perturbations
 from platonic.stages.extract import texts_by_level
 
-PUBLISHED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "perturbed_data.json"
+PUBLISHED = Path(__file__).resolve().parents[3] / "shared" / "reference" / "perturbed_data.json"
 
 
 def test_embedded_is_deterministic_and_prefix_stable():

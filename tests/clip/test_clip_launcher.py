@@ -15,7 +15,7 @@ import pytest
 
 from platonic.errors import PlatonicError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "mmimdb" / "clip_finetune_binary.py"
 RAY_ON_2_CORES = ["+hydra.launcher.ray.init.num_cpus=2"]
 

@@ -14,10 +14,11 @@ import pytest
 from fake_chat_server import FakeChatServer, scripted_captions
 
 from platonic.captions.store import finished_indices, journal_path
-from platonic.errors import PlatonicError, run_cli
+from platonic.errors import PlatonicError
 from platonic.io import published_captions as published
+from platonic.run.exit_codes import run_cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "perturbed" / "create_dataset.py"
 PUBLISHED = ROOT.parent / "shared" / "reference" / "perturbed_data.json"
 SECRET = "sk-test-NEVER-PRINT-77d0e3b5"

@@ -14,9 +14,9 @@ from platonic.core import alignment
 from platonic.errors import PlatonicError
 from platonic.io.features import feature_path, load_features, save_features
 from platonic.io.results import IncompleteResult, csv_path, grids_path, load_result
-from platonic.stages.measure import main
+from platonic.run.measure_alignment import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LANG = ["org/lm-a", "org/lm-b"]
 VIS = ["vit_x", "vit_y", "vit_z"]
 N = 40
