@@ -16,7 +16,7 @@ import plot_alignment
 from platonic.core.statistics import bootstrap_mean_rho
 from platonic.errors import PlatonicError
 from platonic.io.features import feature_path, save_features
-from platonic.io.results import AlignmentResult, save_result
+from platonic.io.results import AlignmentResult, load_result, save_result
 from platonic.io.storage import level_dir
 from platonic.run.exit_codes import run_cli
 from platonic.stages import plots
@@ -391,3 +391,30 @@ def test_chance_table_never_counts_an_undefined_score_and_notes_every_pair_left_
 def test_no_null_no_chance_section(outputs):
     text = outputs.summary_path.read_text()
     assert "against chance" not in text and "null_mean" not in pd.read_csv(outputs.csv).columns
+
+
+def test_the_plot_stage_leaves_current_outputs_and_redraws_on_any_change(tmp_path):
+    """The stage's own rule for "up to date" (the drivers have none): same study table and
+    settings, every file there; a changed result, setting or a lost file redraws."""
+    align, feats = write_study(tmp_path / "study")
+    first = plot_study(SPEC, align, feats, tmp_path / "plots", levels=LEVELS, **PNG_ONLY)
+    made = [*first.figures, first.csv, first.summary_path]
+    stamps = {p: p.stat().st_mtime_ns for p in made}
+    again = plot_study(SPEC, align, feats, tmp_path / "plots", levels=LEVELS, **PNG_ONLY)
+    assert again.reused and not first.reused
+    assert {p: p.stat().st_mtime_ns for p in made} == stamps
+    assert [*again.figures, again.csv, again.summary_path] == made
+    assert again.describe().splitlines()[0] == f"plots: up to date in {first.folder}"
+    assert again.describe().splitlines()[1:] == first.describe().splitlines()
+    assert not plot_study(SPEC, align, feats, tmp_path / "plots", levels=LEVELS,
+                          same_scale=True, **PNG_ONLY).reused
+    first.figures[0].unlink()
+    assert not plot_study(SPEC, align, feats, tmp_path / "plots", levels=LEVELS, **PNG_ONLY).reused
+    result_30 = SPEC.alignment_file(level_dir(align, 30))
+    result = load_result(result_30)
+    result.scores[0, 0] += 0.1
+    save_result(result_30, result)
+    redrawn = plot_study(SPEC, align, feats, tmp_path / "plots", levels=LEVELS, **PNG_ONLY)
+    assert not redrawn.reused
+    assert redrawn.summary.level_means["mean_score"][1] == pytest.approx(
+        first.summary.level_means["mean_score"][1] + 0.1 / (len(LANGUAGE) * len(VISION)))
