@@ -63,15 +63,21 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib/stages.sh
 source "$ROOT/lib/stages.sh"
 
-# Levels as one explicit list and the dataset's default subset, from the library's own rules.
+# Levels as one explicit list and the dataset's default subset, from the library's own rules;
+# the output folders checked the same way (a file in their place is an error before any work).
 RESOLVE='
 import sys
 from platonic.data.datasets import dataset_label
 from platonic.data.levels import parse_levels
+from platonic.errors import PlatonicError
+from platonic.run.cli_args import folder_problem
 from platonic.run.exit_codes import run_cli
 
 def main(argv):
-    levels, dataset, subset = argv
+    levels, dataset, subset, base_dir, plot_dir = argv
+    for flag, path in (("--base_dir", base_dir), ("--plot_dir", plot_dir)):
+        if problem := folder_problem(path):
+            raise PlatonicError(f"{flag}: {problem}")
     print(",".join(map(str, parse_levels(levels))), dataset_label(dataset, subset or None)[1] or "")
 
 run_cli(main, sys.argv[1:])
@@ -150,7 +156,7 @@ main() {
   if [[ -x $ROOT/.venv/bin/python ]]; then PY=$ROOT/.venv/bin/python; else PY=${PYTHON:-python}; fi
   [[ $MODELSET == demo && $DATASET == embedded ]] && export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
   local resolved
-  resolved=$("$PY" -c "$RESOLVE" "$LEVELS" "$DATASET" "$SUBSET")
+  resolved=$("$PY" -c "$RESOLVE" "$LEVELS" "$DATASET" "$SUBSET" "$BASE_DIR" "$PLOT_DIR")
   read -r LEVEL_LIST SUBSET <<<"$resolved"
   extract
   measure

@@ -14,9 +14,11 @@ die() {
 
 # parse_args "$@": --name VALUE or --name=VALUE sets the variable NAME (capitals, - as _); a name
 # in the associative array OPTIONAL_VALUES may come alone (--name), and then gets its value there.
+# An empty VALUE (--name= or --name '') is an error: it would silently be the default.
 parse_args() {
-  local name value
+  local name value flag
   while (($#)); do
+    flag=${1%%=*}
     [[ $1 == -h || $1 == --help ]] && { usage; exit 0; }
     name=${1#--}
     name=${name%%=*}
@@ -36,6 +38,7 @@ parse_args() {
       value=$2
       shift 2
     fi
+    [[ -n $value ]] || die "$flag needs a value, got an empty one (see --help)"
     printf -v "$name" '%s' "$value"
   done
 }

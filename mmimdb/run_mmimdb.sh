@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The MM-IMDb alignment-performance study end to end: features -> probes -> alignment -> plots.
-# Run with --help for the settings. Each stage skips outputs that are already current, so a
+# Run with --help for the settings. Every stage's flags are checked (by the stages' own parsers)
+# before the first stage starts. Each stage skips outputs that are already current, so a
 # rerun resumes where the last one stopped; Ctrl-C stops the running stage and keeps only
 # finished files.
 set -euo pipefail
@@ -82,15 +83,20 @@ main() {
   [[ -n $DEVICE ]] && common+=(--device "$DEVICE")
   local on_ray=()
   [[ -n $RAY ]] && on_ray=(--ray "$RAY")
-  local extract=(--num_samples "$NUM_SAMPLES" --seed "$SEED" --batch_size "$BATCH_SIZE")
-  [[ -n $MMIMDB_ROOT ]] && extract+=(--root "$MMIMDB_ROOT")
-  run_stage features "$PY" "$HERE/extract_features.py" "${common[@]}" "${extract[@]}" \
-    "${on_ray[@]}"
-  run_stage performance "$PY" "$HERE/train_linear.py" "${common[@]}" --layer "$LAYER" \
-    --epochs "$EPOCHS" --seed "$SEED" "${on_ray[@]}"
-  run_stage alignment "$PY" "$HERE/measure_alignment.py" "${common[@]}" --metric "$METRIC" \
-    --topk "$TOPK" "${on_ray[@]}"
-  run_stage plots "$PY" "$HERE/plot_alignment.py" "${common[@]}" --metric "$METRIC" --topk "$TOPK"
+  local features=("${common[@]}" --num_samples "$NUM_SAMPLES" --seed "$SEED" --batch_size
+    "$BATCH_SIZE" "${on_ray[@]}")
+  [[ -n $MMIMDB_ROOT ]] && features+=(--root "$MMIMDB_ROOT")
+  local performance=("${common[@]}" --layer "$LAYER" --epochs "$EPOCHS" --seed "$SEED"
+    "${on_ray[@]}")
+  local alignment=("${common[@]}" --metric "$METRIC" --topk "$TOPK" "${on_ray[@]}")
+  local plots=("${common[@]}" --metric "$METRIC" --topk "$TOPK")
+  # every stage's flags, checked by the stages' own parsers and rules before the first one runs
+  run_stage flags "$PY" "$HERE/check_flags.py" :: features "${features[@]}" \
+    :: performance "${performance[@]}" :: alignment "${alignment[@]}" :: plots "${plots[@]}"
+  run_stage features "$PY" "$HERE/extract_features.py" "${features[@]}"
+  run_stage performance "$PY" "$HERE/train_linear.py" "${performance[@]}"
+  run_stage alignment "$PY" "$HERE/measure_alignment.py" "${alignment[@]}"
+  run_stage plots "$PY" "$HERE/plot_alignment.py" "${plots[@]}"
   echo
   echo "== done"
   echo "performance: $BASE_DIR/mmimdb_performance/<model>/test_perf.json"

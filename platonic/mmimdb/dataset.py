@@ -8,7 +8,9 @@ Layout (the real dataset and the embedded fixture alike):
 
 Rules, the same in every stage:
 - the text of a movie is the first `plot` entry with more than one word; a movie with none is
-  skipped, and the skips are counted in a one-line note;
+  skipped, and the skips are counted in a one-line note; so is a movie without `genres` (it
+  would be a negative for every genre); a split where no movie has a genre among the 23 is an
+  error;
 - an id listed in split.json (or sampled_ids.npy) without its JSON or JPEG file is an error
   naming the id: the dataset is incomplete, and silently studying a different set is worse;
 - a poster that exists but cannot be decoded is skipped and counted like a movie without plot
@@ -27,13 +29,15 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from platonic.errors import PlatonicError
+from platonic.io.fingerprints import texts_fingerprint
 from platonic.io.storage import atomic_dir, cache_root, read_json, write_json
-from platonic.mmimdb.genres import label_matrix
+from platonic.mmimdb.genres import NUM_GENRES, label_matrix
 
 ROOT_ENV = "MMIMDB_ROOT"
 SPLITS: tuple[str, ...] = ("train", "dev", "test")
 DEFAULT_NUM_SAMPLES = 1024
 SAMPLED_IDS = "sampled_ids.npy"
+NO_PLOT, NO_GENRES = "no plot with more than one word", "no genres"
 
 
 @dataclass(frozen=True)
@@ -67,9 +71,15 @@ def ensure_fixture(seed: int = 0) -> Path:
 
 def resolve_root(root: str | os.PathLike | None) -> Path:
     """`--root`, else `$MMIMDB_ROOT`, else the embedded fixture; a one-line error if unusable."""
+    return named_root(root) or ensure_fixture()
+
+
+def named_root(root: str | os.PathLike | None) -> Path | None:
+    """`--root`, else `$MMIMDB_ROOT`, checked to be an MM-IMDb folder (a one-line error if not);
+    None when neither names one (the embedded fixture, built by `resolve_root`)."""
     chosen = root or os.environ.get(ROOT_ENV)
     if not chosen:
-        return ensure_fixture()
+        return None
     path = Path(chosen).expanduser()
     if not path.is_dir():
         raise PlatonicError(f"MM-IMDb root {path} does not exist or is not a directory "
@@ -129,8 +139,17 @@ def image_path(root: Path, movie_id: str) -> Path:
     return Path(root) / "dataset" / f"{movie_id}.jpeg"
 
 
-def read_movie(root: Path, movie_id: str) -> Movie | None:
-    """One movie, or None if it has no multi-word plot; an error if its JSON or JPEG is missing."""
+class UnusableMovie(Exception):
+    """A movie the study skips (and counts): `reason` is the note's wording."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def read_movie(root: Path, movie_id: str) -> Movie:
+    """One movie; `UnusableMovie` if it has no multi-word plot or no genres; an error if its
+    JSON or JPEG is missing."""
     path = json_path(root, movie_id)
     record = _json_file(path, f"movie {movie_id}: {path} is missing", f"movie {movie_id}: ")
     poster = image_path(root, movie_id)
@@ -140,10 +159,12 @@ def read_movie(root: Path, movie_id: str) -> Movie | None:
         raise PlatonicError(f"movie {movie_id}: {path} must hold a JSON object")
     text = plot_text(record.get("plot"))
     if text is None:
-        return None
-    genres = record.get("genres") or []
-    if not isinstance(genres, list):
+        raise UnusableMovie(NO_PLOT)
+    genres = record.get("genres")
+    if genres is not None and not isinstance(genres, list):
         raise PlatonicError(f"movie {movie_id}: 'genres' in {path} must be a list")
+    if not genres:
+        raise UnusableMovie(NO_GENRES)
     return Movie(id=str(movie_id), text=text, genres=tuple(str(g) for g in genres), image_path=poster)
 
 
@@ -194,10 +215,18 @@ class Selection:
     source: str  # "sampled_ids.npy" or "sampler"
     requested: int | None
     skipped: Counter = field(default_factory=Counter)
+    # the fingerprint of the posters in row order (`fingerprints.images_fingerprint`), recorded
+    # for the split whose posters the study encodes; None for the others
+    images_sha256: str | None = None
 
     @property
     def ids(self) -> list[str]:
         return [m.id for m in self.movies]
+
+    @property
+    def texts_sha256(self) -> str:
+        """The fingerprint of the texts in row order, as a language feature file records it."""
+        return texts_fingerprint([m.text for m in self.movies])
 
     def note(self) -> str | None:
         """One line counting the skipped movies, or None if none were skipped."""
@@ -218,10 +247,12 @@ def _valid_movies(root: Path, ids: Iterable[str], limit: int | None,
             skipped["duplicate id"] += 1
             continue
         seen.add(movie_id)
-        movie = read_movie(root, movie_id)
-        if movie is None:
-            skipped["no plot with more than one word"] += 1
-        elif not image_readable(movie.image_path):
+        try:
+            movie = read_movie(root, movie_id)
+        except UnusableMovie as unusable:
+            skipped[unusable.reason] += 1
+            continue
+        if not image_readable(movie.image_path):
             skipped["unreadable poster"] += 1
         else:
             movies.append(movie)
@@ -236,6 +267,8 @@ def sample_ids(root: Path, split: str, num_samples: int | None = DEFAULT_NUM_SAM
     permutation of the split until it has `num_samples` movies with a usable plot and poster.
     Fewer valid movies than asked is a one-line note, not an error; none at all is an error.
     """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise PlatonicError(f"the sampler's seed must be an integer >= 0, got {seed!r}")
     ids = split_ids(root, split)
     order = np.random.default_rng(seed).permutation(len(ids))
     skipped: Counter = Counter()
@@ -258,6 +291,10 @@ def _checked(selection: Selection, root: Path) -> Selection:
     if not selection.movies:
         raise PlatonicError(f"split {selection.split!r} of {root} has no movie with a usable plot "
                             "and poster")
+    if not labels(selection.movies)[0].any():
+        raise PlatonicError(f"split {selection.split!r} of {root}: none of its "
+                            f"{len(selection.movies)} movies has a genre among the {NUM_GENRES} "
+                            "of the study")
     return selection
 
 
@@ -269,14 +306,21 @@ def shortfall_note(selection: Selection) -> str | None:
             f"{selection.requested} asked for; using them all")
 
 
+def selection_record(selection: Selection, root: Path) -> dict:
+    """What `save_selection` writes: ids, texts and genres in row order, with the seed, the
+    source, the root and (where recorded) the fingerprint of the posters."""
+    return {"split": selection.split, "root": str(root), "source": selection.source,
+            "seed": selection.seed, "requested": selection.requested,
+            "skipped": dict(selection.skipped), "images_sha256": selection.images_sha256,
+            "ids": selection.ids,
+            "movies": [{"id": m.id, "text": m.text, "genres": list(m.genres)}
+                       for m in selection.movies]}
+
+
 def save_selection(path: str | os.PathLike, selection: Selection, root: Path) -> None:
-    """The chosen movies as JSON (never a pickle): ids, texts and genres in row order, with the
-    seed, the source and the root, so later stages need neither ROOT nor the sampler again."""
-    write_json(path, {"split": selection.split, "root": str(root), "source": selection.source,
-                      "seed": selection.seed, "requested": selection.requested,
-                      "skipped": dict(selection.skipped), "ids": selection.ids,
-                      "movies": [{"id": m.id, "text": m.text, "genres": list(m.genres)}
-                                 for m in selection.movies]})
+    """The chosen movies as JSON (never a pickle), so later stages need neither ROOT nor the
+    sampler again, and can check that a feature file holds these movies in this order."""
+    write_json(path, selection_record(selection, root))
 
 
 def read_selection(path: str | os.PathLike, root: Path | None = None) -> Selection:
@@ -287,7 +331,8 @@ def read_selection(path: str | os.PathLike, root: Path | None = None) -> Selecti
         movies = [Movie(str(m["id"]), str(m["text"]), tuple(m["genres"]), image_path(base, m["id"]))
                   for m in data["movies"]]
         selection = Selection(data["split"], movies, int(data["seed"]), data["source"],
-                              data["requested"], Counter(data.get("skipped") or {}))
+                              data["requested"], Counter(data.get("skipped") or {}),
+                              data.get("images_sha256"))
     except FileNotFoundError as err:
         raise PlatonicError(f"{path} is missing: run the features stage "
                             "(mmimdb/extract_features.py) first") from err

@@ -20,6 +20,7 @@ from platonic.mmimdb.dataset import (
     load_image,
     save_selection,
     select_ids,
+    selection_record,
     shortfall_note,
 )
 from platonic.mmimdb.genres import label_matrix, unknown_note
@@ -32,10 +33,14 @@ from platonic.stages.extract import RunStats, Settings, extract_language, extrac
 def select_movies(root: Path, layout: Layout, num_samples: int | None = DEFAULT_NUM_SAMPLES,
                   seed: int = 0, splits: tuple[str, ...] = SPLITS) -> dict[str, Selection]:
     """The movies of every split (the authors' sampled ids, else the seeded sampler), each saved
-    as JSON under `layout.ids_dir` (rewritten only when it changed); notes printed once."""
+    as JSON under `layout.ids_dir` (rewritten only when it changed), the test split's with the
+    fingerprint of its posters; notes printed once."""
     if num_samples is not None and num_samples < 1:
         raise PlatonicError(f"--num_samples must be >= 1, got {num_samples}")
     selections = {split: select_ids(root, split, num_samples, seed) for split in splits}
+    if ALIGNMENT_SPLIT in selections:
+        test = selections[ALIGNMENT_SPLIT]
+        test.images_sha256 = images_fingerprint([load_image(m) for m in test.movies])
     for selection in selections.values():
         for note in (selection.note(), shortfall_note(selection)):
             if note:
@@ -48,15 +53,11 @@ def select_movies(root: Path, layout: Layout, num_samples: int | None = DEFAULT_
 
 
 def _save_if_changed(path: Path, selection: Selection, root: Path) -> None:
-    if path.exists():
-        try:
-            old = read_json(path)
-            if old.get("ids") == selection.ids and old.get("root") == str(root) and \
-                    old.get("seed") == selection.seed and old.get("source") == selection.source \
-                    and old.get("requested") == selection.requested:
-                return
-        except (OSError, ValueError):
-            pass
+    try:
+        if read_json(path) == selection_record(selection, root):
+            return
+    except (OSError, ValueError):
+        pass
     save_selection(path, selection, root)
 
 

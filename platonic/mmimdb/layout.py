@@ -3,6 +3,7 @@
     BASE/mmimdb_ids/<split>.json                     the movies of each split (ids, texts, genres)
     BASE/mmimdb_feat/<split>/mmimdb/<model>_pool-*.safetensors   features (vision: test only)
     BASE/mmimdb_performance/<model>/test_perf.json   probe results (+ best_classifier.safetensors)
+        test_perf_class<C>.json, best_classifier_class<C>.safetensors: the binary task of genre C
     BASE/mmimdb_align/test/...                       alignment results of the engine
     BASE/mmimdb_plots/                               figures, correlation.csv, summary.md
 """
@@ -22,6 +23,14 @@ LANGUAGE_POOL, VISION_POOL = "avg", "cls"
 ALIGNMENT_SPLIT = "test"
 PERF_FILE = "test_perf.json"
 WEIGHTS_FILE = "best_classifier.safetensors"
+
+
+def _task_name(name: str, class_idx: int | None) -> str:
+    """A probe file's name: the 23-genre task's as it is, a binary task's with `_class<C>`."""
+    if class_idx is None:
+        return name
+    stem, suffix = name.split(".", 1)
+    return f"{stem}_class{class_idx}.{suffix}"
 
 
 @dataclass(frozen=True)
@@ -59,8 +68,10 @@ class Layout:
         pool = LANGUAGE_POOL if modality == LANGUAGE else VISION_POOL
         return feature_path(level_dir(self.feat_dir, split), FEATURE_DATASET, None, model_id, pool)
 
-    def performance(self, model_id: str) -> Path:
-        return self.perf_dir / model_slug(model_id) / PERF_FILE
+    def performance(self, model_id: str, class_idx: int | None = None) -> Path:
+        """The probe result of a model: the 23-genre task's, or (`class_idx`) a binary task's."""
+        return self.perf_dir / model_slug(model_id) / _task_name(PERF_FILE, class_idx)
 
-    def weights(self, model_id: str) -> Path:
-        return self.perf_dir / model_slug(model_id) / WEIGHTS_FILE
+    def weights(self, model_id: str, class_idx: int | None = None) -> Path:
+        """The chosen classifier of the probe `performance(model_id, class_idx)` describes."""
+        return self.perf_dir / model_slug(model_id) / _task_name(WEIGHTS_FILE, class_idx)

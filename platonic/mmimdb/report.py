@@ -6,10 +6,15 @@ model's test F1 and y = its alignment with that vision model: Spearman rho and t
 of y on x. A family's statistic is the mean over its sizes; its 95% interval is the bootstrap
 of the vision-language report (`bootstrap_mean_rho`), which here resamples language models
 (the points of each series), one draw shared by all sizes of the family.
+
+The inputs must describe one experiment: every language model's probe of the same task, layer
+and settings, each made from the very test features the alignment result paired; mixed inputs
+(a partial rerun) are refused with one line naming the odd files.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -20,7 +25,7 @@ import pandas as pd
 
 from platonic.core.statistics import bootstrap_mean_rho, mean_rho, ols_slope, spearman_rho
 from platonic.errors import PlatonicError
-from platonic.io.results import load_result
+from platonic.io.results import AlignmentResult, load_result
 from platonic.io.storage import write_text
 from platonic.mmimdb.genres import GENRES
 from platonic.mmimdb.layout import Layout
@@ -62,6 +67,8 @@ def load_table(layout: Layout, modelset: str, metric: str, topk: int) -> StudyTa
         raise PlatonicError(f"{path} is missing; run mmimdb/measure_alignment.py first")
     result = load_result(path)
     performance = {lm: read_performance(layout, lm) for lm in result.models_x}
+    check_one_probe(layout, performance)
+    check_same_test_features(layout, result, path, performance)
     genres = [g for g in GENRES if all(g in p["f1_per_class"] for p in performance.values())]
     targets = [OVERALL, *genres]
     specs = {vm: get_model(vm, VISION) for vm in result.models_y}
@@ -82,6 +89,11 @@ def load_table(layout: Layout, modelset: str, metric: str, topk: int) -> StudyTa
                    key=targets.index)
     notes = [f"no test positives for {', '.join(empty)}: their F1 is 0 for every language model "
              "and their rho undefined"] if empty else []
+    no_dev = sorted({g for p in performance.values()
+                     for g in p.get("dev_classes_without_positives", [])}, key=targets.index)
+    if no_dev:
+        notes.append(f"no dev positives for {', '.join(no_dev)}: their dev F1 is undefined "
+                     "(0) and did not inform the choice of the probes' epoch and setting")
     if len(result.models_x) < 3:
         notes.append(f"only {len(result.models_x)} language models: Spearman rho needs 3 points "
                      "and is undefined")
@@ -89,6 +101,41 @@ def load_table(layout: Layout, modelset: str, metric: str, topk: int) -> StudyTa
         notes.append(f"{len(result.models_x)} language models: too few for a bootstrap interval "
                      f"(needs {MIN_MODELS_FOR_CI}); rho is a statistic of very few points")
     return StudyTable(pd.DataFrame(rows), targets, list(result.models_x), performance, path, notes)
+
+
+def probe_settings(perf: dict) -> dict:
+    """What makes two probe results comparable: task, layer and every training setting."""
+    return {"task": perf.get("task"), "class_idx": perf.get("class_idx"),
+            "layer": perf.get("layer"), **(perf.get("config") or {})}
+
+
+def check_one_probe(layout: Layout, performance: dict[str, dict]) -> None:
+    """A one-line error naming the results whose task, layer or settings differ from the most
+    common ones (the first model's on a tie)."""
+    settings = {lm: probe_settings(perf) for lm, perf in performance.items()}
+    groups: dict[str, list[str]] = {}
+    for lm, values in settings.items():
+        groups.setdefault(json.dumps(values, sort_keys=True), []).append(lm)
+    if len(groups) == 1:
+        return
+    common = settings[max(groups.values(), key=len)[0]]
+    odd = [f"{layout.performance(lm)} (" + ", ".join(
+        f"{k} {v} not {common.get(k)}" for k, v in values.items() if common.get(k) != v) + ")"
+           for lm, values in settings.items() if values != common]
+    raise PlatonicError(f"the probes differ in task, layer or settings: {'; '.join(odd)}; "
+                        "rerun mmimdb/train_linear.py with one setting for every language model")
+
+
+def check_same_test_features(layout: Layout, result: AlignmentResult, path: Path,
+                             performance: dict[str, dict]) -> None:
+    """Each probe was tested on the feature file the alignment result measured (same movies)."""
+    measured = dict(zip(result.models_x, result.meta.get("fingerprints_x") or [], strict=False))
+    other = [str(layout.performance(lm)) for lm, perf in performance.items()
+             if (perf.get("feature_sha256") or {}).get("test") != measured.get(lm)]
+    if other:
+        raise PlatonicError(f"{', '.join(other)}: made from other test features than {path} "
+                            "measured (features extracted again since one of the two stages "
+                            "ran); rerun mmimdb/train_linear.py and mmimdb/measure_alignment.py")
 
 
 def correlations(table: StudyTable) -> pd.DataFrame:

@@ -2,7 +2,8 @@
 
 Every language model against every vision model, best score over all layer pairs including
 the concatenation of all layers; pairs whose two feature files are unchanged are reused from
-the previous result.
+the previous result. Every feature file must hold the movies of the saved test selection in
+its order (`pairing.check_feature_rows`): rows are paired by position.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from platonic.mmimdb.layout import (
     VISION_POOL,
     Layout,
 )
+from platonic.mmimdb.pairing import check_feature_rows
 from platonic.models.registry import LANGUAGE, VISION
 from platonic.run.cli_args import RaySettings
 from platonic.stages import measure
@@ -39,6 +41,8 @@ def measure_study(layout: Layout, modelset: str, language_ids: list[str], vision
                   ray: RaySettings | None = None) -> Path:
     """Alignment of every language model with every vision model on the test split; with
     `ray` (`--ray`), as the engine's Ray tasks (one per language model)."""
+    check_feature_rows(layout, ALIGNMENT_SPLIT, [(m, LANGUAGE) for m in language_ids]
+                       + [(m, VISION) for m in vision_ids])
     settings = measure.Settings(
         input_dir=str(layout.feat_dir), output_dir=str(layout.align_dir),
         dataset=FEATURE_DATASET, subset=None, modelset=modelset,

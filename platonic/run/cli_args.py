@@ -14,7 +14,9 @@ for runs as Ray tasks) is one more `add_*` function here, so every script spells
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from platonic.data.datasets import PRH
 from platonic.data.levels import ALL_LEVELS, parse_levels
@@ -44,8 +46,36 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
     return value
+
+
+def file_in_the_way(path: str | os.PathLike) -> Path | None:
+    """The file that stops `path` from being a folder: the path itself, or the nearest of its
+    parents that exists, when that is not a folder; None when nothing is in the way."""
+    path = Path(path).expanduser()
+    for part in (path, *path.parents):
+        if part.exists():
+            return None if part.is_dir() else part
+    return None
+
+
+def folder_problem(path: str | os.PathLike) -> str | None:
+    """Why `path` cannot be a folder (a file stands where it or one of its parents should be),
+    or None when it can (it may not exist yet)."""
+    blocking = file_in_the_way(path)
+    if blocking is None:
+        return None
+    where = "" if blocking == Path(path).expanduser() else f"{path}: "
+    return f"{where}{blocking} is a file, not a folder"
+
+
+def folder(text: str) -> str:
+    """A folder flag (read or written; it may not exist yet), refused before any work when it
+    cannot be a folder."""
+    if problem := folder_problem(text):
+        raise argparse.ArgumentTypeError(problem)
+    return text
 
 
 def positive_float(text: str) -> float:
@@ -119,14 +149,15 @@ def add_alignment_args(parser: ArgumentTarget, topk_type=int) -> None:
 def add_features_dir(parser: ArgumentTarget, flag: str = "--features_dir",
                      default: str | None = FEATURES_DIR, help: str = "") -> None:
     """The feature folder (`{}` for the level), under the script's own flag and --features_dir."""
-    parser.add_argument(*dict.fromkeys([flag, "--features_dir"]), default=default,
+    parser.add_argument(*dict.fromkeys([flag, "--features_dir"]), type=folder, default=default,
                         help=help or "feature folder; may hold '{}' for the level")
 
 
 def add_align_dir(parser: ArgumentTarget, flag: str = "--align_dir", default: str | None = ALIGN_DIR,
                   required: bool = False, help: str = "") -> None:
     """The alignment folder (`{}` for the level), under the script's own flag and --align_dir."""
-    parser.add_argument(*dict.fromkeys([flag, "--align_dir"]), default=default, required=required,
+    parser.add_argument(*dict.fromkeys([flag, "--align_dir"]), type=folder, default=default,
+                        required=required,
                         help=help or "alignment folder; may hold '{}' for the level")
 
 

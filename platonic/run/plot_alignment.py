@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "the language models); without it, no performance plots")
     cli_args.add_align_dir(parser, default=None, required=True,
                       help="alignment folder template with {} for the level")
-    parser.add_argument("--plot_dir", default="./plots")
+    parser.add_argument("--plot_dir", type=cli_args.folder, default="./plots")
     cli_args.add_levels_arg(parser, "the levels to read (default: all)", parsed_default=True)
     parser.add_argument("--panel_levels", type=parse_levels, default=None,
                         help="levels with a performance panel (default: those of "

@@ -1,5 +1,5 @@
 """mmimdb/run_mmimdb.sh end to end on small fixtures in the real layout: the driver's outputs and
-contract, resume, one-line errors, every stage on Ray."""
+contract, resume, one-line errors, flags checked before the first stage, every stage on Ray."""
 
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ def test_second_run_redoes_nothing(study, driver_env):
 def test_failing_stage_is_named(study, driver_env, tmp_path):
     proc = _driver(driver_env, "--root", str(tmp_path / "absent"), "--base_dir", str(tmp_path))
     assert proc.returncode == 2
-    assert "stage 'features' failed" in proc.stderr
+    assert "stage 'flags' failed" in proc.stderr
     assert f"MM-IMDb root {tmp_path / 'absent'} does not exist" in proc.stderr
     _, base, _ = study
     proc = _driver(driver_env, "--base_dir", str(base), "--root", str(study[0]), "--layer", "99")
@@ -176,6 +176,17 @@ def test_interrupted_run_stops_cleanly_and_resumes(study, driver_env, tmp_path):
     mine = load_result(alignment_file(Layout.at(base), "custom", "mutual_knn", TOPK))
     reference = load_result(alignment_file(Layout.at(full_base), "custom", "mutual_knn", TOPK))
     np.testing.assert_allclose(mine.scores, reference.scores, atol=0.02)
+
+
+def test_bad_flags_stop_the_driver_before_the_first_stage(study, driver_env, tmp_path):
+    root, base = study[0], tmp_path / "base"
+    for flags, message in ((["--topk", "0"], "argument --topk: must be at least 1"),
+                           (["--seed", "-1"], "argument --seed: must be at least 0"),
+                           (["--epochs="], "--epochs needs a value, got an empty one"),
+                           (["--ray="], "--ray needs a value, got an empty one")):
+        proc = _driver(driver_env, "--root", str(root), "--base_dir", str(base), *flags)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr and not base.exists()
 
 
 def test_driver_passes_ray_to_every_stage(tmp_path, driver_env):

@@ -208,3 +208,23 @@ def test_interrupted_run_stops_cleanly_and_resumes(tmp_path, driver_env, full_ru
         # Resumed levels are encoded in other batches than in one go, so bf16 features may
         # differ in the last bit; a flipped neighbour moves a score by 1 / (N k) = 0.004.
         np.testing.assert_allclose(mine.scores, reference.scores, atol=0.01)
+
+
+def test_bad_folders_and_empty_values_stop_before_any_stage(tmp_path, driver_env):
+    """A file as --base_dir or --plot_dir, or an empty value (it would silently be the default),
+    is one line and exit 2 before the first stage; nothing is written."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for flags, message in ((["--base_dir", str(blocker)], f"--base_dir: {blocker} is a file"),
+                           (["--base_dir", str(tmp_path / "b"), "--plot_dir", str(blocker / "p")],
+                            f"--plot_dir: {blocker / 'p'}: {blocker} is a file"),
+                           (["--base_dir", str(tmp_path / "b"), "--null="],
+                            "--null needs a value, got an empty one"),
+                           (["--base_dir", str(tmp_path / "b"), "--ray="],
+                            "--ray needs a value, got an empty one")):
+        proc = subprocess.run(["bash", str(ROOT / "run_platonic_unique.sh"), *flags],
+                              env=driver_env, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+        assert sorted(tmp_path.iterdir()) == [blocker]

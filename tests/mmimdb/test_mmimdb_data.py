@@ -204,3 +204,38 @@ def test_default_root_is_the_cached_fixture(tmp_path, monkeypatch):
     stamp = (root / "split.json").stat().st_mtime_ns
     assert ds.resolve_root(None) == root and (root / "split.json").stat().st_mtime_ns == stamp
     assert not [p for p in root.parent.iterdir() if p.name.startswith(".")]
+
+
+def _edit_movie(root: Path, movie_id: str, **changes) -> None:
+    path = root / "dataset" / f"{movie_id}.json"
+    record = json.loads(path.read_text())
+    for key, value in changes.items():
+        if value is None:
+            record.pop(key)
+        else:
+            record[key] = value
+    path.write_text(json.dumps(record))
+
+
+def test_movie_without_genres_is_skipped_and_counted(root, tmp_path):
+    copy = copy_root(root, tmp_path)
+    first, second = ds.sample_ids(copy, "dev", None).ids[:2]
+    _edit_movie(copy, first, genres=None)  # no "genres" key
+    _edit_movie(copy, second, genres=[])
+    selection = ds.sample_ids(copy, "dev", None)
+    assert first not in selection.ids and second not in selection.ids
+    assert selection.skipped[ds.NO_GENRES] == 2 and "2 no genres" in selection.note()
+    assert all(m.genres for m in selection.movies)
+
+
+def test_split_without_a_known_genre_is_an_error(root, tmp_path):
+    copy = copy_root(root, tmp_path)
+    for movie_id in json.loads((copy / "split.json").read_text())["dev"]:
+        _edit_movie(copy, movie_id, genres=["News"])
+    message = one_line_error(lambda: ds.sample_ids(copy, "dev", None))
+    assert "'dev'" in message and "none of its" in message and "23" in message
+    assert ds.sample_ids(copy, "test", None).movies  # the other splits are fine
+
+
+def test_negative_sampler_seed_is_one_line(root):
+    assert "seed" in one_line_error(lambda: ds.sample_ids(root, "dev", 5, seed=-1))

@@ -280,7 +280,7 @@ def test_negative_ray_retries_are_refused_by_every_stage(value, capsys):
             parser().parse_args(["--ray", "--ray_retries", value])
         assert exit_code.value.code == 2
         last = capsys.readouterr().err.strip().splitlines()[-1]
-        assert last.endswith(f"error: argument --ray_retries: must be 0 or more, got {value}")
+        assert last.endswith(f"error: argument --ray_retries: must be at least 0, got {value}")
         assert parser().parse_args(["--ray_retries", "0"]).ray_retries == 0
 
 
