@@ -27,7 +27,8 @@ from platonic.io.features import feature_path, load_features
 from platonic.io.storage import level_dir
 from platonic.models import language, vision
 from platonic.models.registry import LANGUAGE, VISION, get_models
-from platonic.stages.extract import Settings, run_extraction, texts_by_level
+from platonic.stages import extract
+from platonic.stages.extract import Settings, texts_by_level
 
 
 @dataclass
@@ -73,7 +74,7 @@ def original_way(captions: dict[int, list[str]], images, batch_size: int) -> Ori
 def one_pass(captions: dict[int, list[str]], images, batch_size: int, output_dir: str):
     settings = Settings(output_dir=output_dir, dataset="embedded", subset="seed0", batch_size=batch_size,
                         dtype="float32")
-    stats = run_extraction(get_models("demo", LANGUAGE), get_models("demo", VISION), captions, images, settings)
+    stats = extract.run(get_models("demo", LANGUAGE), get_models("demo", VISION), captions, images, settings)
     return stats, settings
 
 

@@ -24,7 +24,7 @@ def pick_device(name: str | None) -> torch.device:
 
 def stage_device(name: str | None, on_ray: bool) -> str:
     """The device a stage's settings name: here, `pick_device(name)`; on Ray, the one asked for,
-    else "cpu" as a placeholder (each task then takes its own, `distributed.task_device`)."""
+    else "cpu" as a placeholder (each task then takes its own, `platonic.run.ray_runner.task_device`)."""
     if on_ray:
         return name or "cpu"
     return str(pick_device(name))

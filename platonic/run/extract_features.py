@@ -1,5 +1,5 @@
 """The command line of the extract stage (`extract_features.py`): flags to `extract.Settings`
-and the models, captions and images to extract, then `extract.run_extraction` here or, with
+and the models, captions and images to extract, then `extract.run` here or, with
 --ray, `ray_stages.extract_on_ray`."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from platonic.errors import PlatonicError
 from platonic.models.devices import stage_device
 from platonic.run import cli_args
 from platonic.run.cli_args import ray_settings
+from platonic.stages import extract
 from platonic.stages.extract import (
     STORAGE_DTYPES,
     Settings,
-    run_extraction,
     select_models,
     texts_by_level,
 )
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
         stats = extract_on_ray(language_specs, vision_specs, captions, data.images, settings, ray)
     else:
-        stats = run_extraction(language_specs, vision_specs, captions, data.images, settings)
+        stats = extract.run(language_specs, vision_specs, captions, data.images, settings)
     print(f"wrote {len(stats.written)} feature files, reused {len(stats.reused)}, "
           f"model loads {dict(stats.loads)}, {stats.seconds:.1f} s")
     return 0

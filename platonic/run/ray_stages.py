@@ -119,7 +119,7 @@ def extract_on_ray(language_specs: list[ModelSpec], vision_specs: list[ModelSpec
                    texts_by_level: dict[Level, list[str]], images: list[Image.Image],
                    settings: Settings, ray_settings: RaySettings,
                    vision_levels: list[Level] | None = None) -> RunStats:
-    """`extract.run_extraction` as one Ray task per model, largest first (they take longest). Vision
+    """`extract.run` as one Ray task per model, largest first (they take longest). Vision
     models encode the images once for `vision_levels` (default: every level of the texts)."""
     # Workers elsewhere have another working directory: they get the folder as an absolute path.
     settings = dataclasses.replace(settings, output_dir=os.path.abspath(settings.output_dir))

@@ -278,10 +278,11 @@ def _encode_vision(spec: ModelSpec, images: list[Image.Image], images_sha: str, 
 
 # ---- a whole run ------------------------------------------------------------------------------
 
-def run_extraction(language_specs: list[ModelSpec], vision_specs: list[ModelSpec],
-                   texts_by_level: dict[Level, list[str]], images: list[Image.Image],
-                   settings: Settings) -> RunStats:
-    """Extract every model at every level; language levels share one load, images one pass."""
+def run(language_specs: list[ModelSpec], vision_specs: list[ModelSpec],
+        texts_by_level: dict[Level, list[str]], images: list[Image.Image],
+        settings: Settings) -> RunStats:
+    """Extract every model at every level; language levels share one load, images one pass
+    (`platonic.run.ray_stages.extract_on_ray`: one Ray task per model)."""
     stats = RunStats()
     started = time.perf_counter()
     levels = list(texts_by_level)

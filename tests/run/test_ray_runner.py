@@ -185,7 +185,7 @@ def test_worker_killed_mid_write_is_retried_and_leaves_whole_equal_files(
     captions = extract.texts_by_level(data, [0, 100])
     settings = {"dataset": "embedded", "subset": "seed0", "batch_size": 4, "device": "cpu"}
     plain_lm = ModelSpec(str(tiny_llama_dir), LANGUAGE, "Tiny", "2l")
-    local = extract.run_extraction([plain_lm], [vit], captions, data.images,
+    local = extract.run([plain_lm], [vit], captions, data.images,
                                    extract.Settings(str(tmp_path / "local/u={}"), **settings))
     assert len(local.written) == 4
     args = distributed_args(retries=2)

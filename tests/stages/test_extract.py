@@ -13,12 +13,12 @@ from platonic.io.features import load_features, read_meta
 from platonic.models import language
 from platonic.models.registry import LANGUAGE, VISION, ModelSpec
 from platonic.models.vision import encode_images, load_vision_model
+from platonic.stages import extract
 from platonic.stages.extract import (
     RunStats,
     Settings,
     extract_language,
     extract_vision,
-    run_extraction,
 )
 
 
@@ -146,8 +146,6 @@ def test_fingerprint_change_remakes_only_that_file(tmp_path, tiny_llama_dir, cap
 
 
 def test_resume_after_a_crash_does_only_the_missing_work(tmp_path, monkeypatch, tiny_llama_dir, captions):
-    import platonic.stages.extract as extract
-
     real_save, calls = extract.save_features, []
 
     def crash_on_second(path, *args, **kwargs):
@@ -288,8 +286,8 @@ def test_images_encoded_once_and_linked_into_every_level(tmp_path):
 def test_noise_changes_the_vision_fingerprint(tmp_path):
     spec = ModelSpec("test_vit", VISION, "test", "tiny", options={"random_init_seed": 0})
     images = _images(3)
-    first = run_extraction([], [spec], {0: ["a"] * 3}, images, _settings(tmp_path))
-    noisy = run_extraction([], [spec], {0: ["a"] * 3}, images, _settings(tmp_path, noise_percentage=20))
+    first = extract.run([], [spec], {0: ["a"] * 3}, images, _settings(tmp_path))
+    noisy = extract.run([], [spec], {0: ["a"] * 3}, images, _settings(tmp_path, noise_percentage=20))
     assert first.images_encoded == 3 and noisy.images_encoded == 3
     assert read_meta(noisy.written[0])["noise_percentage"] == 20
 
