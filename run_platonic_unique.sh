@@ -40,7 +40,7 @@ Each option may also be given as an environment variable of the same name in cap
                        folder to force it)
   --ray [ADDRESS]      run extract and measure as Ray tasks: 'auto' joins the running cluster
                        (after `ray start`), host:port joins that one, no value starts a local
-                       Ray instance; see README "Running on a Ray cluster"
+                       Ray instance; see docs/ray.md
   -h, --help           this text
 
 Environment only: PYTHON, the interpreter used when .venv/bin/python (made by setup.sh) is

@@ -83,7 +83,7 @@ def named_root(root: str | os.PathLike | None) -> Path | None:
     path = Path(chosen).expanduser()
     if not path.is_dir():
         raise PlatonicError(f"MM-IMDb root {path} does not exist or is not a directory "
-                            f"(--root or ${ROOT_ENV}; see the README for the download)")
+                            f"(--root or ${ROOT_ENV}; see docs/mmimdb.md for the download)")
     if not (path / "split.json").is_file():
         raise PlatonicError(f"{path / 'split.json'} is missing: {path} is not an MM-IMDb root")
     return path
