@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.cross_decomposition import CCA
 
 from platonic.errors import PlatonicError
 
@@ -245,6 +244,8 @@ def svcca_reduce(feats: torch.Tensor, cca_dim: int) -> np.ndarray:
 
 def svcca_from_reduced(U1: np.ndarray, U2: np.ndarray, cca_dim: int) -> float:
     """Mean canonical correlation of two SVD-reduced views (sklearn CCA)."""
+    from sklearn.cross_decomposition import CCA  # here, not at the top: 2-5 s of every measure run
+
     cca = CCA(n_components=cca_dim)
     cca.fit(U1, U2)
     U1_c, U2_c = cca.transform(U1, U2)

