@@ -1,12 +1,12 @@
 """Alignment between language and vision models, best over all layer pairs.
 
-Thin command line over `platonic.measure`; `compute_score` and `prepare_features` are importable
-from here as in the original code.
+Thin command line over `platonic.run.measure_alignment` (the stage: `platonic.stages.measure`);
+`compute_score` and `prepare_features` are importable from here as in the original code.
 """
 
-from platonic.alignment import compute_score, prepare_features
-from platonic.errors import run_cli
-from platonic.measure import main
+from platonic.core.alignment import compute_score, prepare_features
+from platonic.run.exit_codes import run_cli
+from platonic.run.measure_alignment import main
 
 __all__ = ["compute_score", "prepare_features", "main"]
 

@@ -3,7 +3,7 @@
 `python metrics.py` prints each metric's value and time on random features (a quick self-check).
 """
 
-from platonic.metrics import (
+from platonic.core.metrics import (
     METRICS,
     AlignmentMetrics,
     get_metric,

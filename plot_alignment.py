@@ -5,12 +5,12 @@
         --features_dir "BASE/gpt_u={}_features" --align_dir "BASE/gpt_u={}_alignment" \\
         --plot_dir ./plots
 
-`{}` in a directory stands for the uniqueness level. Thin command line over `platonic.plots`
-(`plot_study` does the work).
+`{}` in a directory stands for the uniqueness level. Thin command line over
+`platonic.run.plot_alignment` (the stage: `platonic.stages.plots`).
 """
 
-from platonic.errors import run_cli
-from platonic.plots import main
+from platonic.run.exit_codes import run_cli
+from platonic.run.plot_alignment import main
 
 __all__ = ["main"]
 

@@ -34,12 +34,13 @@ Each option may also be given as an environment variable of the same name in cap
   --num_samples N      first N image-caption pairs (default: all; embedded: 512)
   --device NAME        cpu, cuda, cuda:1 (default: cuda if available)
   --batch_size N       captions/images per forward pass (default: 32)
-  --plot_dir DIR       figures, tidy CSV and summary.md (default: BASE_DIR/plots); they are
-                       remade when an alignment result or a plot setting changes (delete
-                       PLOT_DIR/.last_plot to force it)
+  --plot_dir DIR       figures, tidy CSV and summary.md (default: BASE_DIR/plots); the plot
+                       stage remakes them when an alignment result, a bits-per-byte value or
+                       a plot setting changes (delete .inputs.json in the study's plot
+                       folder to force it)
   --ray [ADDRESS]      run extract and measure as Ray tasks: 'auto' joins the running cluster
                        (after `ray start`), host:port joins that one, no value starts a local
-                       Ray instance; see README "Running on a Ray cluster"
+                       Ray instance; see docs/ray.md
   -h, --help           this text
 
 Environment only: PYTHON, the interpreter used when .venv/bin/python (made by setup.sh) is
@@ -66,10 +67,11 @@ source "$ROOT/lib/stages.sh"
 # the output folders checked the same way (a file in their place is an error before any work).
 RESOLVE='
 import sys
-from platonic.cli import folder_problem
-from platonic.data import dataset_label
-from platonic.levels import parse_levels
-from platonic.errors import PlatonicError, run_cli
+from platonic.data.datasets import dataset_label
+from platonic.data.levels import parse_levels
+from platonic.errors import PlatonicError
+from platonic.run.cli_args import folder_problem
+from platonic.run.exit_codes import run_cli
 
 def main(argv):
     levels, dataset, subset, base_dir, plot_dir = argv
@@ -110,46 +112,20 @@ measure() {
   run_stage measure "$PY" "$ROOT/measure_alignment.py" "${args[@]}"
 }
 
-# The plot stage reruns only when an alignment result or a plot setting changed: the results
-# carry the fingerprints of the feature files (and so of the bits per byte the plots read).
+# The plot stage itself leaves figures made from the same study with the same settings; its
+# output ends with where the summary is, which the report reads.
 plot() {
   local args=(--modelset "$MODELSET" --dataset "$DATASET" --subset "$SUBSET"
     --levels "$LEVEL_LIST" --metric "$METRIC" --topk "$TOPK" --same_scale
     --features_dir "$BASE_DIR/u={}_features" --align_dir "$BASE_DIR/u={}_alignment"
     --plot_dir "$PLOT_DIR")
-  local stamp=$PLOT_DIR/.last_plot fingerprint summary
-  fingerprint=$(plot_fingerprint "${args[@]}")
-  summary=$(summary_of "$stamp")
-  if [[ -n $summary && -f $summary && $(head -n 1 "$stamp") == "$fingerprint" ]]; then
-    echo "== plot: up to date" >&2
-  else
-    run_stage plot "$PY" "$ROOT/plot_alignment.py" "${args[@]}" >"$SCRATCH"
-    STAMP_TMP=$stamp.$$
-    { echo "$fingerprint"; cat "$SCRATCH"; } >"$STAMP_TMP"
-    mv "$STAMP_TMP" "$stamp"
-  fi
-  tail -n +2 "$stamp"
-}
-
-plot_fingerprint() {
-  local level files
-  {
-    printf '%s\n' "$@"
-    for level in ${LEVEL_LIST//,/ }; do
-      mapfile -t files < <(find "$BASE_DIR/u=${level}_alignment" -name "${METRIC}_k${TOPK}.json" | sort)
-      ((${#files[@]} == 0)) || sha256sum "${files[@]}"
-    done
-  } | sha256sum | cut -d ' ' -f 1
-}
-
-summary_of() {
-  [[ -f $1 ]] && sed -n 's/^summary: //p' "$1"
-  return 0
+  run_stage plot "$PY" "$ROOT/plot_alignment.py" "${args[@]}" >"$SCRATCH"
+  cat "$SCRATCH"
 }
 
 report() {
   local summary
-  summary=$(summary_of "$PLOT_DIR/.last_plot")
+  summary=$(sed -n 's/^summary: //p' "$SCRATCH")
   echo
   echo "== done"
   echo "features:         $BASE_DIR/u={level}_features"
@@ -189,5 +165,5 @@ main() {
 }
 
 install_signal_handlers
-trap 'rm -f "${SCRATCH:-}" "${STAMP_TMP:-}"' EXIT
+trap 'rm -f "${SCRATCH:-}"' EXIT
 main "$@"

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from platonic.alignment import compute_score, exhaustive_search, prepare_features
+from platonic.core.alignment import compute_score, exhaustive_search, prepare_features
 
 PAGE = 4096
 M_MMAP_THRESHOLD = -3

@@ -38,9 +38,14 @@ from dataclasses import dataclass
 
 import torch
 
-from platonic import language, vision
-from platonic.data import load_data
-from platonic.extract import (
+from platonic.data.datasets import load_data
+from platonic.data.levels import ALL_LEVELS
+from platonic.io.fingerprints import images_fingerprint
+from platonic.io.storage import CACHE_ENV
+from platonic.models import language, vision
+from platonic.models.registry import LANGUAGE, VISION, get_models
+from platonic.stages import plots
+from platonic.stages.extract import (
     RunStats,
     Settings,
     extract_language,
@@ -48,19 +53,14 @@ from platonic.extract import (
     noisy_images,
     texts_by_level,
 )
-from platonic.fingerprints import images_fingerprint
-from platonic.levels import ALL_LEVELS
-from platonic.models import LANGUAGE, VISION, get_models
-from platonic.plots import plot_study
-from platonic.storage import CACHE_ENV
-from platonic.study import StudySpec
+from platonic.stages.study import StudySpec
 
 GOALS = {"warm": 300.0, "fresh": 360.0}  # seconds on 2 idle cores
 STAGE_IMPORTS = {  # what each of the driver's Python processes imports before it works
-    "resolve levels": "import platonic.data, platonic.levels",
-    "extract": "import platonic.extract",
-    "measure": "import platonic.measure",
-    "plot": "import platonic.plots",
+    "resolve levels": "import platonic.data.datasets, platonic.data.levels, platonic.run.cli_args, platonic.run.exit_codes",
+    "extract": "import platonic.run.extract_features",
+    "measure": "import platonic.run.measure_alignment",
+    "plot": "import platonic.run.plot_alignment",
 }
 
 
@@ -99,7 +99,7 @@ def time_start_ups(clock: Clock) -> None:
 
 def run_study(root: str, clock: Clock) -> StudySpec:
     """The default study under `root`, every stage and model timed."""
-    from platonic import measure
+    from platonic.run import measure_alignment
 
     features, alignment = f"{root}/u={{}}_features", f"{root}/u={{}}_alignment"
     with clock("data: render 512 pairs, captions at 11 levels"):
@@ -123,12 +123,12 @@ def run_study(root: str, clock: Clock) -> StudySpec:
         with clock(f"extract {spec.id.rsplit('/', 1)[-1]} (512 images)"):
             extract_vision(spec, shown, sha, list(ALL_LEVELS), settings, RunStats())
     with clock("measure: mutual kNN k=10, --null 100, 11 levels"):
-        measure.main(["--modelset", "demo", "--dataset", "embedded", "--subset", "seed0",
+        measure_alignment.main(["--modelset", "demo", "--dataset", "embedded", "--subset", "seed0",
                       "--levels", "all", "--metric", "mutual_knn", "--topk", "10", "--null", "100",
                       "--input_dir", features, "--output_dir", alignment, "--device", "cpu"])
     spec = StudySpec("embedded", "seed0", "demo")
     with clock("plot: figures, table, summary"):
-        outputs = plot_study(spec, alignment, features, f"{root}/plots", same_scale=True)
+        outputs = plots.run(plots.Settings(spec, alignment, features, f"{root}/plots", same_scale=True))
     print_findings(outputs)
     return spec
 

@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from platonic import language, vision
-from platonic.data import load_data
-from platonic.extract import Settings, run_extraction, texts_by_level
-from platonic.features import feature_path, load_features
-from platonic.levels import parse_levels
-from platonic.models import LANGUAGE, VISION, get_models
-from platonic.storage import level_dir
+from platonic.data.datasets import load_data
+from platonic.data.levels import parse_levels
+from platonic.io.features import feature_path, load_features
+from platonic.io.storage import level_dir
+from platonic.models import language, vision
+from platonic.models.registry import LANGUAGE, VISION, get_models
+from platonic.stages import extract
+from platonic.stages.extract import Settings, texts_by_level
 
 
 @dataclass
@@ -73,7 +74,7 @@ def original_way(captions: dict[int, list[str]], images, batch_size: int) -> Ori
 def one_pass(captions: dict[int, list[str]], images, batch_size: int, output_dir: str):
     settings = Settings(output_dir=output_dir, dataset="embedded", subset="seed0", batch_size=batch_size,
                         dtype="float32")
-    stats = run_extraction(get_models("demo", LANGUAGE), get_models("demo", VISION), captions, images, settings)
+    stats = extract.run(get_models("demo", LANGUAGE), get_models("demo", VISION), captions, images, settings)
     return stats, settings
 
 

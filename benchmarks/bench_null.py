@@ -2,7 +2,7 @@
 
 One score = `compute_score` from features: Gram matrices of every layer, kNN lists, the grid
 over layer pairs, the best pair. One null permutation = the same best-over-layer-pairs search
-with one side's samples permuted, reusing the kNN lists (`platonic.calibration`). Also shown:
+with one side's samples permuted, reusing the kNN lists (`platonic.core.calibration`). Also shown:
 the generic path (the metric's grid on a permuted view of the kernels) and the naive way
 (the score recomputed from permuted features), both measured in the same run.
 
@@ -21,8 +21,8 @@ import time
 import numpy as np
 import torch
 
-from platonic.alignment import LayerKernels, best_of_grid, compute_score, score_grid
-from platonic.calibration import PermutedKernels, permutation_null, permutations
+from platonic.core.alignment import LayerKernels, best_of_grid, compute_score, score_grid
+from platonic.core.calibration import PermutedKernels, permutation_null, permutations
 
 
 def best_time(fn, repeats: int) -> float:

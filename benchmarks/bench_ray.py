@@ -3,7 +3,7 @@ numbers for the paper's setting.
 
 Both runs extract the `demo` set (real pretrained language and vision models) on the
 embedded dataset at the same levels, into separate folders, and the script checks their features
-are equal. The local run is timed model by model (the same loop as `run_extraction`), which
+are equal. The local run is timed model by model (the same loop as `extract.run`), which
 gives the measured cost per token and per image used by the planning estimate printed last.
 Ray's start-up is timed apart from the run. On a 2-core machine the two workers share the cores
 the local run uses alone, so no speed-up is expected: the point is equal outputs.
@@ -22,14 +22,17 @@ import ray
 import timm
 import torch
 
-from platonic.alignment import load_kernels
-from platonic.data import load_data
-from platonic.distributed import estimated_params, extract_on_ray, gpus_for
-from platonic.extract import RunStats, Settings, run_extraction, texts_by_level
-from platonic.features import load_features
-from platonic.levels import parse_levels
-from platonic.measure import score_pair
-from platonic.models import LANGUAGE, MODEL_SETS, VISION, get_models
+from platonic.core.alignment import load_kernels
+from platonic.data.datasets import load_data
+from platonic.data.levels import parse_levels
+from platonic.io.features import load_features
+from platonic.models.registry import LANGUAGE, MODEL_SETS, VISION, get_models
+from platonic.run.cli_args import RaySettings
+from platonic.run.ray_runner import gpus_for
+from platonic.run.ray_stages import estimated_params, extract_on_ray
+from platonic.stages import extract
+from platonic.stages.extract import RunStats, Settings, texts_by_level
+from platonic.stages.measure import score_pair
 
 A100_BF16_FLOPS = 312e12
 PAPER_SAMPLES = 1024  # minhuh/prh wit_1024
@@ -66,7 +69,7 @@ def local_run_by_model(specs, captions, images, settings) -> tuple[float, dict[s
     for spec in specs:
         lang, vis = ([spec], []) if spec.modality == LANGUAGE else ([], [spec])
         t0 = time.perf_counter()
-        stats = run_extraction(lang, vis, captions, images, settings)
+        stats = extract.run(lang, vis, captions, images, settings)
         per_model[spec.id] = (time.perf_counter() - t0, stats)
     return time.perf_counter() - started, per_model
 
@@ -181,7 +184,7 @@ def main() -> None:
         root = Path(tmp)
         # Untimed warm-up: the de-quantised GGUF cache and the files are made before either run.
         warm = {lv: texts[:2] for lv, texts in list(captions.items())[:1]}
-        run_extraction(language_specs, vision_specs, warm, data.images[:2],
+        extract.run(language_specs, vision_specs, warm, data.images[:2],
                        settings_for(root / "warm", data, args.batch_size))
         local_seconds, per_model = local_run_by_model(specs, captions, data.images,
                                                       settings_for(root / "local", data, args.batch_size))
@@ -189,9 +192,8 @@ def main() -> None:
         ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
         init_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        ray_args = argparse.Namespace(ray="local", ray_retries=3, gpu_memory_gb=None, device="cpu")
-        extract_on_ray(language_specs, vision_specs, captions,
-                       data.images, settings_for(root / "ray", data, args.batch_size), ray_args)
+        extract_on_ray(language_specs, vision_specs, captions, data.images,
+                       settings_for(root / "ray", data, args.batch_size), RaySettings(device="cpu"))
         ray_seconds = time.perf_counter() - started
         ray.shutdown()
         difference = max_difference(root / "local", root / "ray")

@@ -63,8 +63,8 @@ def work(args: argparse.Namespace) -> None:
     """Score one pair of files and print one JSON line (the engine imported from PYTHONPATH)."""
     import torch
 
-    from platonic.alignment import best_of_grid, load_kernels, score_grid
-    from platonic.calibration import permutation_null, permutations
+    from platonic.core.alignment import best_of_grid, load_kernels, score_grid
+    from platonic.core.calibration import permutation_null, permutations
 
     cpu, wall = time.process_time(), time.perf_counter()
     kx, ky = load_kernels(args.x), load_kernels(args.y)
@@ -84,7 +84,7 @@ def work(args: argparse.Namespace) -> None:
 
 def work_extract(args: argparse.Namespace) -> None:
     """One extraction run (the command line's own `main`), then one JSON line."""
-    from platonic.extract import main as extract_main
+    from platonic.run.extract_features import main as extract_main
 
     cpu, wall = time.process_time(), time.perf_counter()
     extract_main(["--dataset", "embedded", "--num_samples", str(args.num_samples), "--models",
@@ -100,7 +100,7 @@ def write_features(path: Path, n: int, layers: int, dim: int, seed: int) -> None
     both models share (seed 0), so that scores and best layers mean something."""
     import torch
 
-    from platonic.features import save_features
+    from platonic.io.features import save_features
 
     shared = torch.randn(n, 16, generator=torch.Generator().manual_seed(0))
     gen = torch.Generator().manual_seed(seed)

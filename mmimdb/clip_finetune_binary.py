@@ -4,7 +4,7 @@
         +hydra.launcher.ray.max_concurrent_tasks=2 +model=clip_demo +data=mmimdb mode=train \
         trainer.max_epochs=2 trainer.default_root_dir=results/clip +class_idx=19
 
-See platonic/clip/ and the README's finetuning section.
+See platonic/clip/ and docs/clip.md.
 """
 
 import hydra

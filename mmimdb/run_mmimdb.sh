@@ -36,7 +36,7 @@ Each option may also be given as an environment variable of the same name in cap
   --topk K             neighbours for kNN metrics (default: 10)
   --ray [ADDRESS]      run features, probes and alignment as Ray tasks: 'auto' joins the running
                        cluster (after `ray start`), host:port joins that one, no value starts a
-                       local Ray instance; see README "Running on a Ray cluster"
+                       local Ray instance; see docs/ray.md
   -h, --help           this text
 
 Environment only: PYTHON, the interpreter used when .venv/bin/python (made by setup.sh) is

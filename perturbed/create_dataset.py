@@ -12,7 +12,7 @@ Thin command line over `platonic.captions.generate`.
 """
 
 from platonic.captions.generate import main
-from platonic.errors import run_cli
+from platonic.run.exit_codes import run_cli
 
 __all__ = ["main"]
 

@@ -12,7 +12,7 @@ As the original platonic-rep library offered::
     ref.score(feats, null=1000)         # + a Calibration: null mean / p95, p-value, calibrated, CI
 
 Nothing is downloaded: the reference features are files written by extract_features.py, and
-`get_data` rebuilds the samples from platonic.data, checked against the fingerprints stored in
+`get_data` rebuilds the samples from platonic.data.datasets, checked against the fingerprints stored in
 those files when they hold one.
 """
 
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from platonic import metrics
-from platonic.alignment import (
+from platonic.core import metrics
+from platonic.core.alignment import (
     LayerKernels,
     best_of_grid,
     check_layered,
@@ -35,14 +35,15 @@ from platonic.alignment import (
     prepare_features,
     score_grid,
 )
-from platonic.calibration import N_BOOTSTRAP, Calibration, calibrate, check_counts
-from platonic.data import dataset_label, load_data
+from platonic.core.calibration import N_BOOTSTRAP, calibrate, check_counts
+from platonic.data.datasets import dataset_label, load_data
+from platonic.data.level_sources import file_levels
 from platonic.errors import PlatonicError
-from platonic.features import read_meta, resolve_feature_file
-from platonic.fingerprints import images_fingerprint, texts_fingerprint
-from platonic.level_sources import file_levels
-from platonic.models import LANGUAGE, VISION, get_models
-from platonic.storage import level_dir
+from platonic.io.features import read_meta, resolve_feature_file
+from platonic.io.fingerprints import images_fingerprint, texts_fingerprint
+from platonic.io.results import Calibration
+from platonic.io.storage import level_dir
+from platonic.models.registry import LANGUAGE, VISION, get_models
 
 DEFAULT_POOL = {LANGUAGE: "avg", VISION: "cls"}
 _DATA_KINDS = {"text": "text", LANGUAGE: "text", "image": "image", VISION: "image"}
@@ -130,7 +131,7 @@ class Alignment:
         `feats` is [N, D] or [N, layers, D], rows in the order of `get_data`. Returns
         {model id: (score, (reference layer, your layer))}, -1 meaning all layers concatenated
         and None no score above 0, as `compute_score(reference, feats)` would. With `null=N`,
-        each value gains a third item, the `platonic.calibration.Calibration` of the score:
+        each value gains a third item, the `platonic.io.results.Calibration` of the score:
         null from N permutations of your rows, p-value, calibrated score, and a bootstrap CI
         (`bootstrap` replicates) at the chosen layers; an undefined score (NaN) has an
         undefined (NaN) p-value and calibrated score.

@@ -16,7 +16,7 @@ def _save_tiny(folder: Path, config) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from platonic.models import minilm_folder
+    from platonic.models.weights import minilm_folder
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(minilm_folder())

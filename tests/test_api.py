@@ -10,12 +10,12 @@ import pytest
 import torch
 
 import platonic
-from platonic.alignment import exhaustive_search, prepare_features
-from platonic.data import load_data
+from platonic.core.alignment import exhaustive_search, prepare_features
+from platonic.data.datasets import load_data
 from platonic.errors import PlatonicError
-from platonic.features import feature_path, save_features
-from platonic.fingerprints import texts_fingerprint
-from platonic.storage import level_dir
+from platonic.io.features import feature_path, save_features
+from platonic.io.fingerprints import texts_fingerprint
+from platonic.io.storage import level_dir
 
 N = 24
 LEVEL = 30

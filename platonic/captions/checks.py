@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from platonic.captions.published import NUM_LEVELS
+from platonic.io.published_captions import NUM_LEVELS
 
 
 class ReplyProblem(Exception):

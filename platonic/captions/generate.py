@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from platonic import cli
 from platonic.captions import sources
 from platonic.captions.client import (
     CaptionRequester,
@@ -27,6 +26,7 @@ from platonic.captions.similarity import DEFAULT_MODEL, load_encoder
 from platonic.captions.sources import CaptionSource
 from platonic.captions.store import ResultStore, failures_path, finished_indices
 from platonic.captions.validate import format_report, validate_file
+from platonic.run import cli_args
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=COMMAND_DESCRIPTION,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     src = p.add_argument_group("input (default: the Hub data set)")
-    cli.add_dataset_args(src, dataset_help="Hub data set", subset_default=sources.DEFAULT_SUBSET,
+    cli_args.add_dataset_args(src, dataset_help="Hub data set", subset_default=sources.DEFAULT_SUBSET,
                          subset_help="the data set's revision")
     src.add_argument("--caption_idx", type=int, default=0, help="which of a row's captions")
     one = src.add_mutually_exclusive_group()
@@ -183,27 +183,27 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--image_detail", choices=["low", "high", "auto"], default="auto",
                      help="image resolution the model sees, with --images")
     faults = p.add_argument_group("concurrency and faults")
-    faults.add_argument("--num_workers", type=cli.positive_int, default=10, help="requests in flight")
-    faults.add_argument("--rpm", type=cli.positive_float, default=None, help="requests per minute")
-    faults.add_argument("--timeout", type=cli.positive_float, default=60.0, help="seconds a request")
-    faults.add_argument("--max_attempts", type=cli.positive_int, default=5,
+    faults.add_argument("--num_workers", type=cli_args.positive_int, default=10, help="requests in flight")
+    faults.add_argument("--rpm", type=cli_args.positive_float, default=None, help="requests per minute")
+    faults.add_argument("--timeout", type=cli_args.positive_float, default=60.0, help="seconds a request")
+    faults.add_argument("--max_attempts", type=cli_args.positive_int, default=5,
                         help="replies per caption that fail validation before it is given up")
     faults.add_argument("--max_retries", type=int, default=8,
                         help="retries per caption after 429, 5xx, timeouts, lost connections")
-    faults.add_argument("--backoff", type=cli.positive_float, default=1.0,
+    faults.add_argument("--backoff", type=cli_args.positive_float, default=1.0,
                         help="first backoff in seconds (doubles each retry, with jitter)")
-    faults.add_argument("--max_backoff", type=cli.positive_float, default=60.0,
+    faults.add_argument("--max_backoff", type=cli_args.positive_float, default=60.0,
                         help="longest backoff in seconds (a longer Retry-After is honoured)")
-    faults.add_argument("--save_every", type=cli.positive_int, default=10,
+    faults.add_argument("--save_every", type=cli_args.positive_int, default=10,
                         help="finished captions between rewrites of --save_path")
     sim = p.add_argument_group("similarities")
     sim.add_argument("--sim_model", default=DEFAULT_MODEL, help="sentence-transformers model: "
                      "Hub id, local folder, or 'offline' (the MiniLM shipped on PyPI); the "
                      "default falls back to 'offline', with a note, when it cannot be loaded; recorded "
                      "with the similarities, and an output holding another model's is refused")
-    sim.add_argument("--sim_batch_size", type=cli.positive_int, default=64,
+    sim.add_argument("--sim_batch_size", type=cli_args.positive_int, default=64,
                      help="sentences per embedding batch")
-    cli.add_device_arg(sim, help="for the similarity model (default: auto)")
+    cli_args.add_device_arg(sim, help="for the similarity model (default: auto)")
     p.add_argument("--dry_run", action="store_true",
                    help="print how many requests and about how many tokens the run would cost")
     p.add_argument("--validate", metavar="FILE", help="check an existing caption file and stop")

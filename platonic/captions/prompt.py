@@ -9,7 +9,7 @@ from typing import Any
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from platonic.captions.published import NUM_LEVELS
+from platonic.io.published_captions import NUM_LEVELS
 
 CHARS_PER_TOKEN = 4
 IMAGE_MAX_SIDE = 512

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from platonic import embedded
 from platonic.captions.quiet import hub_warnings_silenced
-from platonic.data import DEFAULT_SUBSETS, PRH
+from platonic.data import embedded
+from platonic.data.datasets import DEFAULT_SUBSETS, PRH
 from platonic.errors import PlatonicError
 
 DEFAULT_DATASET = PRH

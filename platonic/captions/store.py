@@ -24,12 +24,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from platonic.captions import published
 from platonic.captions.client import Failed
-from platonic.captions.published import CaptionEntry
 from platonic.captions.similarity import DEFAULT_MODEL as PUBLISHED_SIMILARITY_MODEL
 from platonic.errors import PlatonicError
-from platonic.storage import write_json, write_text
+from platonic.io import published_captions as published
+from platonic.io.published_captions import CaptionEntry
+from platonic.io.storage import write_json, write_text
 
 SimilarityFn = Callable[[Sequence[str], Sequence[Sequence[str]]], list[list[float]]]
 

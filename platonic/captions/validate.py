@@ -15,10 +15,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from platonic.captions import published
 from platonic.captions.checks import cut_prefixes, normalised
-from platonic.captions.published import CaptionEntry
 from platonic.captions.similarity import DEFAULT_MODEL
+from platonic.io import published_captions as published
+from platonic.io.published_captions import CaptionEntry
 
 MAX_LISTED = 20
 COSINE_SLACK = 1e-4

@@ -1,7 +1,8 @@
 """CLIP finetuning on one MM-IMDb genre with a contrastive-weight sweep (Hydra + Lightning + Ray).
 
 loss (InfoNCE + supervised), towers (registry of text and image towers), module (Lightning),
-data (Lightning data module on platonic.mmimdb), train (one run: train, evaluate, export, align),
-summary (sweep CSV and plot). The Ray launcher with a cap on jobs in flight is a Hydra plugin:
-hydra_plugins/platonic_ray_launcher.
+datamodule (Lightning data module on platonic.mmimdb), settings (checked before any work),
+sweep (every job checked first), train (one run: train, evaluate, export, align),
+sweep_summary (sweep CSV and plot). The Ray launcher with a cap on jobs in flight is a Hydra
+plugin: hydra_plugins/platonic_ray_launcher.
 """

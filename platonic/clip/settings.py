@@ -17,11 +17,11 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from platonic.clip.towers import check_unknown_towers
+from platonic.core.metrics import get_metric
 from platonic.errors import PlatonicError
-from platonic.metrics import get_metric
+from platonic.io.storage import sha256_of
 from platonic.mmimdb.dataset import resolve_root
 from platonic.mmimdb.genres import check_class_idx
-from platonic.storage import sha256_of
 
 MODES = ("train",)
 SEED_RANGE = (0, 2**32 - 1)  # what Lightning's seed_everything (numpy) accepts

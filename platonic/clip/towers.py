@@ -101,7 +101,7 @@ def _sentence_transformer(source: str) -> nn.Module:
 
 
 def _minilm() -> nn.Module:
-    from platonic.models import minilm_folder
+    from platonic.models.weights import minilm_folder
 
     return _sentence_transformer(str(minilm_folder()))
 
@@ -112,7 +112,7 @@ def _tiny_bert() -> nn.Module:
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from platonic.models import minilm_folder
+    from platonic.models.weights import minilm_folder
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_folder())
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
@@ -148,8 +148,8 @@ def _clip_vit_b32() -> nn.Module:
 
 
 def _efficientnet_lite0() -> nn.Module:
-    from platonic.models import DEMO
-    from platonic.vision import load_vision_model
+    from platonic.models.registry import DEMO
+    from platonic.models.vision import load_vision_model
 
     spec = next(m for m in DEMO if m.options.get("timm_name") == "efficientnet_lite0")
     return load_vision_model(spec).model

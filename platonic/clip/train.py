@@ -30,20 +30,20 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from platonic.alignment import best_of_grid, load_kernels, score_grid
-from platonic.clip.data import MMIMDbDataModule, RunMovies, ids_sha256
+from platonic.clip.datamodule import MMIMDbDataModule, RunMovies, ids_sha256
 from platonic.clip.loss import balanced_pos_weight
 from platonic.clip.module import CLIPSup, OptimSettings
 from platonic.clip.settings import RunSettings, check_settings, fingerprints, run_settings
-from platonic.clip.summary import record_sweep_job, write_summary
+from platonic.clip.sweep_summary import record_sweep_job, write_summary
 from platonic.clip.towers import build_image_tower, build_text_tower
+from platonic.core.alignment import best_of_grid, load_kernels, score_grid
+from platonic.core.metrics import check_topk, get_metric
 from platonic.errors import PlatonicError
-from platonic.features import save_features
-from platonic.metrics import check_topk, get_metric
+from platonic.io.features import save_features
+from platonic.io.storage import atomic_dir, read_json, write_json
 from platonic.mmimdb.dataset import save_selection
 from platonic.mmimdb.genres import GENRES
-from platonic.storage import atomic_dir, read_json, write_json
-from platonic.vision import stack_layers
+from platonic.models.vision import stack_layers
 
 log = logging.getLogger(__name__)
 

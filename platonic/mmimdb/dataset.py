@@ -29,9 +29,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from platonic.errors import PlatonicError
-from platonic.fingerprints import texts_fingerprint
+from platonic.io.fingerprints import texts_fingerprint
+from platonic.io.storage import atomic_dir, cache_root, read_json, write_json
 from platonic.mmimdb.genres import NUM_GENRES, label_matrix
-from platonic.storage import atomic_dir, cache_root, read_json, write_json
 
 ROOT_ENV = "MMIMDB_ROOT"
 SPLITS: tuple[str, ...] = ("train", "dev", "test")
@@ -83,7 +83,7 @@ def named_root(root: str | os.PathLike | None) -> Path | None:
     path = Path(chosen).expanduser()
     if not path.is_dir():
         raise PlatonicError(f"MM-IMDb root {path} does not exist or is not a directory "
-                            f"(--root or ${ROOT_ENV}; see the README for the download)")
+                            f"(--root or ${ROOT_ENV}; see docs/mmimdb.md for the download)")
     if not (path / "split.json").is_file():
         raise PlatonicError(f"{path / 'split.json'} is missing: {path} is not an MM-IMDb root")
     return path

@@ -14,9 +14,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from platonic.features import feature_path
-from platonic.models import LANGUAGE
-from platonic.storage import level_dir, model_slug
+from platonic.io.features import feature_path
+from platonic.io.storage import level_dir, model_slug
+from platonic.models.registry import LANGUAGE
 
 FEATURE_DATASET = "mmimdb"
 LANGUAGE_POOL, VISION_POOL = "avg", "cls"

@@ -15,10 +15,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from platonic.errors import PlatonicError
-from platonic.features import read_meta
+from platonic.io.features import read_meta
 from platonic.mmimdb.dataset import Selection, read_selection
 from platonic.mmimdb.layout import Layout
-from platonic.models import LANGUAGE
+from platonic.models.registry import LANGUAGE
 
 RERUN = "rerun mmimdb/extract_features.py (it redoes only the files that are not current)"
 

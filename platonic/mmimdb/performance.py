@@ -13,7 +13,6 @@ so labels can never be misaligned.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -27,7 +26,8 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from platonic.errors import PlatonicError
-from platonic.features import FEATS, read_meta, read_tensor
+from platonic.io.features import FEATS, read_meta, read_tensor
+from platonic.io.storage import atomic_path, read_json, sha256_of, write_json
 from platonic.mmimdb.dataset import SPLITS, Selection, read_selection
 from platonic.mmimdb.genres import GENRES, binary_label, check_class_idx, label_matrix
 from platonic.mmimdb.layout import Layout
@@ -40,8 +40,8 @@ from platonic.mmimdb.probe import (
     predict,
     train_grid,
 )
-from platonic.models import LANGUAGE
-from platonic.storage import atomic_path, read_json, sha256_of, write_json
+from platonic.models.registry import LANGUAGE
+from platonic.run.cli_args import RaySettings
 
 # 2: closed-form gradient and fused Adam (same trajectories up to rounding); 3: the result
 # records its feature files' hashes and the genres without a dev positive (same numbers)
@@ -195,15 +195,15 @@ def run_probe(layout: Layout, model_id: str, config: ProbeConfig = DEFAULT_CONFI
 
 def run_probes(layout: Layout, model_ids: list[str], config: ProbeConfig = DEFAULT_CONFIG,
                layer: int = -1, class_idx: int | None = None, device: str = "cpu",
-               force: bool = False, ray_args: argparse.Namespace | None = None) -> int:
-    """`run_probe` for every language model, here or (with `ray_args`, `--ray`) as one Ray task
+               force: bool = False, ray: RaySettings | None = None) -> int:
+    """`run_probe` for every language model, here or (with `ray`, `--ray`) as one Ray task
     per model; the number that trained (the rest were current)."""
     if class_idx is not None:
         class_idx = check_class_idx(class_idx)
     for note in empty_genre_notes(layout, class_idx):
         print(note)
-    if ray_args is not None:
-        return _probes_on_ray(layout, model_ids, config, layer, class_idx, force, ray_args)
+    if ray is not None:
+        return _probes_on_ray(layout, model_ids, config, layer, class_idx, force, ray)
     return sum(run_probe(layout, model_id, config, layer, class_idx, device, force)
                for model_id in tqdm(model_ids, desc="probes", unit="model"))
 
@@ -211,30 +211,30 @@ def run_probes(layout: Layout, model_ids: list[str], config: ProbeConfig = DEFAU
 def probe_task(layout: Layout, model_id: str, config: ProbeConfig, layer: int,
                class_idx: int | None, requested_device: str | None, force: bool) -> bool:
     """One model's `run_probe` on the Ray task's device (the body of a probe task)."""
-    from platonic.distributed import task_device
+    from platonic.run.ray_runner import task_device
 
     return run_probe(layout, model_id, config, layer, class_idx, task_device(requested_device),
                      force)
 
 
 def _probes_on_ray(layout: Layout, model_ids: list[str], config: ProbeConfig, layer: int,
-                   class_idx: int | None, force: bool, args: argparse.Namespace) -> int:
-    from platonic import distributed
+                   class_idx: int | None, force: bool, ray: RaySettings) -> int:
+    from platonic.run import ray_runner
 
     # Workers elsewhere have another working directory: they get the folder as an absolute path.
     layout = Layout.at(layout.base.resolve())
     trained: list[bool] = []
-    with distributed.ray_session(args) as session:
-        gpus = PROBE_GPU_SHARE if distributed.tasks_use_gpus(args.device) else 0
+    with ray_runner.ray_session(ray) as session:
+        gpus = PROBE_GPU_SHARE if ray_runner.tasks_use_gpus(ray.device) else 0
         tasks = []
         for model_id in model_ids:
             task = session.task(probe_task, num_gpus=gpus, name=f"probe {model_id}")
-            ref = task.remote(layout, model_id, config, layer, class_idx, args.device, force)
-            tasks.append(distributed.Submitted(ref, f"model {model_id}", trained.append))
+            ref = task.remote(layout, model_id, config, layer, class_idx, ray.device, force)
+            tasks.append(ray_runner.Submitted(ref, f"model {model_id}", trained.append))
         try:
-            distributed.wait_for(tasks, "probes on Ray")
+            ray_runner.wait_for(tasks, "probes on Ray")
         finally:
-            distributed.remove_stale_temporaries(
+            ray_runner.remove_stale_temporaries(
                 [path for model_id in model_ids for path in
                  (layout.performance(model_id, class_idx), layout.weights(model_id, class_idx))])
     return sum(trained)

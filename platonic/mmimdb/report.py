@@ -23,16 +23,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from platonic.core.statistics import bootstrap_mean_rho, mean_rho, ols_slope, spearman_rho
 from platonic.errors import PlatonicError
-from platonic.mmimdb.alignment import alignment_file
+from platonic.io.results import AlignmentResult, load_result
+from platonic.io.storage import write_text
 from platonic.mmimdb.genres import GENRES
 from platonic.mmimdb.layout import Layout
 from platonic.mmimdb.performance import read_performance
-from platonic.models import VISION, get_model
-from platonic.results import AlignmentResult, load_result
-from platonic.statistics import bootstrap_mean_rho, mean_rho, ols_slope, spearman_rho
-from platonic.storage import write_text
-from platonic.summary import fmt, format_ci, markdown_table
+from platonic.mmimdb.study_alignment import alignment_file
+from platonic.models.registry import VISION, get_model
+from platonic.stages.summary import fmt, format_ci, markdown_table
 
 OVERALL = "overall"
 # With 3 language models every resample with 3 distinct points is the sample itself, so the

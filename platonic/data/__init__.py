@@ -1,0 +1,2 @@
+"""Data: image-caption datasets (Hub, folder, the embedded offline set), uniqueness levels and
+their caption sources, and image noise."""
