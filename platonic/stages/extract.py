@@ -208,12 +208,21 @@ def _extract_language(spec: ModelSpec, texts_by_level: dict[Level, list[str]], t
     lm = load(spec, settings.device, settings.compute_dtype, settings.qlora, settings.padding_side,
               settings.force_download)
     stats.loads[spec.id] += 1
-    _encode_levels(lm, spec, {lv: texts_by_level[lv] for lv in todo}, todo, settings, stats, progress)
+    _encode_levels(lm, spec, texts_by_level, todo, settings, stats, progress)
 
 
 def distinct_texts(texts_by_level: dict[Level, list[str]], levels: Iterable[Level]) -> list[str]:
     """Every caption of these levels once, in order of first appearance."""
     return list(dict.fromkeys(t for level in levels for t in texts_by_level[level]))
+
+
+def captions_to_encode(texts_by_level: dict[Level, list[str]], todo: LanguageTodo,
+                       settings: Settings) -> int:
+    """How many captions a language model encodes for these `todo` levels (with prefix packs,
+    every level's: see `_encode_levels`)."""
+    if not todo:
+        return 0
+    return len(distinct_texts(texts_by_level, texts_by_level if settings.share_prefixes else todo))
 
 
 def _show(progress: tqdm | None, model_id: str, what: str) -> None:
@@ -236,16 +245,22 @@ Memo = dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]]  # caption -> fea
 def _encode_levels(lm: language.LanguageModel, spec: ModelSpec, texts_by_level: dict[Level, list[str]],
                    todo: LanguageTodo, settings: Settings, stats: RunStats,
                    progress: tqdm | None = None) -> None:
-    """Encode level by level, writing each at once; a caption seen before is not encoded again.
-    With `settings.share_prefixes`, every level's distinct captions are encoded first, in one
-    call (prefix packs then share across levels), and the levels written after."""
+    """Encode the `todo` levels one by one, writing each at once; a caption seen before is not
+    encoded again. With `settings.share_prefixes`, the distinct captions of every level (also
+    the current ones) are encoded first, in one call, and the levels written after: a caption's
+    prefix pack, and so its features and loss to the last bit, then depend only on the inputs,
+    never on which levels a crash or a lost file left to redo."""
     memo: Memo = {}
+    texts_by_level = texts_by_level if settings.share_prefixes else {
+        level: texts_by_level[level] for level in todo}
     last_use = _last_use(texts_by_level)
     if settings.share_prefixes:
         _show(progress, spec.id, f"{len(texts_by_level)} levels at once")
         _encode_into(memo, lm, spec, distinct_texts(texts_by_level, texts_by_level), "captions",
                      settings, stats, progress)
     for step, (level, texts) in enumerate(texts_by_level.items()):
+        if level not in todo:
+            continue
         new = list(dict.fromkeys(t for t in texts if t not in memo))
         if new:
             _show(progress, spec.id, f"level {level}")
@@ -404,7 +419,7 @@ def run(language_specs: list[ModelSpec], vision_specs: list[ModelSpec],
     images_sha = images_fingerprint(shown) if vision_specs else ""
     vision_plans = {spec.id: vision_todo(spec, images_sha, levels, settings, stats)
                     for spec in vision_specs}
-    samples = (sum(len(distinct_texts(texts_by_level, todo)) for todo in language_plans.values())
+    samples = (sum(captions_to_encode(texts_by_level, todo, settings) for todo in language_plans.values())
                + sum(len(shown) for todo in vision_plans.values() if todo.encodes))
     with tqdm(total=samples, desc="extract (all models)", unit="sample", smoothing=0,
               disable=samples == 0) as progress:

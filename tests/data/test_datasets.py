@@ -219,7 +219,7 @@ def test_local_imagefolder(tmp_path):
 def test_embedded_images_are_rendered_as_read():
     """`load_data`'s images: a lazy sequence (len, index, negative index, slice, iteration) giving
     the rendered images, none rendered before being read."""
-    from platonic.data import ImageSequence
+    from platonic.data.datasets import ImageSequence
 
     data = load_data("embedded", "seed0", 6)
     expected = [img.tobytes() for img in embedded.images(6)]

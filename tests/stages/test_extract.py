@@ -314,9 +314,26 @@ def test_cpu_extraction_packs_every_level_at_once(tmp_path, monkeypatch, tiny_ll
         torch.testing.assert_close(after.extras["loss"], before.extras["loss"], atol=1e-6, rtol=1e-5)
 
 
+def test_a_lost_level_is_remade_to_the_same_bytes_with_prefix_packs(tmp_path, tiny_llama_dir):
+    """A level made again alone (its file lost, or a crash before it was written) is packed
+    with the captions of every level as in the first run, so its file comes back byte for byte:
+    packed alone, its captions would share other prefixes and differ in the last bits."""
+    settings = _settings(tmp_path, dtype="float32")
+    first = RunStats()
+    extract_language(_spec(tiny_llama_dir), _shared_levels(), settings, first)
+    made = {p: p.read_bytes() for p in first.written}
+    lost = first.written[1]
+    lost.unlink()
+    again = RunStats()
+    extract_language(_spec(tiny_llama_dir), _shared_levels(), settings, again)
+    assert again.written == [lost] and len(again.reused) == 2
+    assert {p: p.read_bytes() for p in first.written} == made
+
+
 def test_one_progress_bar_counts_every_caption_and_image(tmp_path, monkeypatch, tiny_llama_dir):
-    """The overall bar's total is the work left: each distinct caption once per language model,
-    the images once per vision model, nothing for files already current; it ends full."""
+    """The overall bar's total is the work left: each distinct caption once per language model
+    with a level to make, the images once per vision model, nothing for models whose files are
+    all current; it ends full."""
     bars = []
 
     class Recorder(extract.tqdm):
@@ -332,7 +349,8 @@ def test_one_progress_bar_counts_every_caption_and_image(tmp_path, monkeypatch, 
     bars.clear()
     levels = {**_shared_levels(), 70: ["A new caption.", "Another new one."] + SHARED_PREFIX_CAPTIONS[:4]}
     extract.run([_spec(tiny_llama_dir)], [vit], levels, images, settings)
-    assert [(bar.total, bar.n) for bar in bars] == [(6, 6)]  # level 70's captions; images linked
+    # level 70's file only, but packed with every level's 9 distinct captions; images linked
+    assert [(bar.total, bar.n) for bar in bars] == [(9, 9)]
 
 
 def test_cpu_layout_gives_the_plain_features_in_small_channels_last_passes(monkeypatch):
@@ -625,7 +643,8 @@ def test_streamed_extraction_writes_what_a_list_of_images_gave(tmp_path, model):
     features are bitwise those of the old whole-list pass (a batch written at the wrong rows,
     a layer padded wrongly or a lost last partial batch would differ) and its fingerprint is
     that of the images as the model saw them (a noise seeded by batch, not by index, differs)."""
-    from platonic.data import embedded, load_data
+    from platonic.data import embedded
+    from platonic.data.datasets import load_data
     from platonic.data.noise import add_noise
 
     spec = ModelSpec(model, VISION, "test", "tiny", options={"random_init_seed": 0})
