@@ -93,7 +93,7 @@ class Alignment:
         data = load_data(self.dataset, self.subset, self.num_samples)
         if kind == "image":
             self._check_inputs("images_sha256", images_fingerprint(data.images), "images")
-            return data.images
+            return list(data.images)
         texts = self._texts(data)
         self._check_inputs("texts_sha256", texts_fingerprint(texts), "captions")
         return texts

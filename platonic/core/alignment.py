@@ -1,13 +1,34 @@
 """Best alignment over all layer pairs, computed once per layer instead of once per pair.
 
 A model's features [N, L, D] give L + 1 candidates: each layer, and all layers concatenated
-(index -1). Every metric here depends on a candidate only through its row-normalised Gram
-matrix, so each model is reduced once to `LayerKernels`: the [L + 1, N, N] stack of those Gram
-matrices, the concatenation's obtained from the per-layer ones (sum, then normalise), never by
-materialising the concatenated features. kNN lists (top-k, not a full sort) and centred kernels
-are derived once per candidate, and the whole (Lx + 1) x (Ly + 1) grid of scores comes from
-batched products. `exhaustive_search` is the plain per-pair loop of the original, kept as the
-oracle the tests compare against.
+(index -1). Every metric here depends on a candidate only through its row-normalised Gram matrix
+G (the concatenation's is the sum of the layers', normalised: the features are never
+concatenated). Each model is reduced to `LayerKernels`, which reads its features one layer at a
+time (`platonic.core.layers`) and keeps what the metrics need per candidate, never an N x N matrix:
+  - kNN lists [L + 1, N, k] with their similarities, from row blocks of G
+    (`platonic.core.neighbours`), for mutual_knn, cycle_knn, lcs_knn, edit_distance_knn and cknna;
+  - HSIC terms per candidate, from feature-space products or panels of centred kernel rows
+    (`platonic.core.hsic`), for cka and unbiased_cka.
+The whole (Lx + 1) x (Ly + 1) grid of scores then comes from the lists or the products.
+`exhaustive_search` is the plain per-pair loop of the original, kept as the oracle the tests
+compare against.
+
+Memory model (float32; N samples, L layers of width D per model, k neighbours):
+  - with N k and the layers: neighbour lists with their similarities, 12 (L + 1) N k bytes per
+    model and k (N = 65,536, 13 layers, k = 10: 110 MB); their pair table, at most
+    (L + 1)^2 N k / 8 bytes; list lookups at most 256 MiB at a time; for cknna, one model's
+    kernel at the other's list positions, 4 (Lx + 1)(Ly + 1) N k bytes;
+  - with N D: one layer of features [N, D] at a time when read from a file (a tensor given in
+    memory stays whole);
+  - with N alone, capped by budgets: one block of Gram rows [B, N] (`neighbours.BLOCK_BYTES`,
+    256 MiB), the concatenation's panel [P, N] and the CKA family's panel of kernel rows of
+    every candidate of both models (`neighbours.PANEL_BYTES`, 1 GiB); row norms, 4 (L + 1) N;
+  - with D_x D_y: the feature-space product of one pair of layers, [2 D_x, 2 D_y] float64;
+  - never with N^2: the dense [L + 1, N, N] stack is built only when asked for
+    (`LayerKernels.grams`); the calibration keeps centred kernels whole only under
+    `hsic.DENSE_BYTES` (1 GiB), where a permutation is then an indexing.
+Work stays O(N^2 * sum of layer widths) for exact neighbours and kernel rows, O(N D_x D_y) per
+layer pair in feature space: memory, not work, stops being the wall.
 """
 
 from __future__ import annotations
@@ -22,9 +43,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from platonic.core import metrics
+from platonic.core import hsic, metrics
+from platonic.core.layers import LayerSource, TensorLayers, open_layers
+from platonic.core.neighbours import (
+    MemberTable,
+    Neighbours,
+    add_layers,
+    gram_diagonals,
+    neighbour_lists,
+    one_cpu_thread,
+    own_rows,
+    row_entries,
+    row_norms,
+)
 from platonic.errors import PlatonicError
-from platonic.io.features import load_features
 
 GridFn = Callable[..., np.ndarray]
 GRID_METRICS: dict[str, GridFn] = {}
@@ -65,122 +97,178 @@ def candidate(feats: torch.Tensor, index: int, normalize: bool = True) -> torch.
 
 
 class LayerKernels:
-    """Per-candidate Gram matrices of one model, index 0 = concatenation, r = layer r - 1."""
+    """One model's candidates for the layer search, index 0 = concatenation, r = layer r - 1.
 
-    def __init__(self, feats: torch.Tensor, normalize: bool = True):
-        check_layered(feats, "features")
-        self.feats = feats
+    Built from prepared features: a [N, L, D] tensor, or a `LayerSource` (a feature file read
+    layer by layer). What the metrics need is computed on first use and kept: row norms,
+    neighbour lists per (k, self excluded), HSIC terms (`memo`).
+    """
+
+    permutation_of: tuple[LayerKernels, torch.Tensor] | None = None
+
+    def __init__(self, feats: torch.Tensor | LayerSource, normalize: bool = True):
+        if isinstance(feats, torch.Tensor):
+            check_layered(feats, "features")
+            feats = TensorLayers(feats)
+        self.source = feats
         self.normalize = normalize
-        self.n = feats.shape[0]
-        self.grams = self._grams()
-        self._knn: dict[tuple[int, bool], torch.Tensor] = {}
+        self.n = feats.n
+        self._lists: dict[tuple[int, bool], Neighbours] = {}
+        self._diagonals: torch.Tensor | None = None
+        self._norms: torch.Tensor | None = None
+        self.memo: dict[Any, Any] = {}
 
     def __len__(self) -> int:
-        return self.grams.shape[0]
+        return self.source.num_layers + 1
+
+    @property
+    def feats(self) -> torch.Tensor:
+        """All features [N, L, D] in memory (for metrics without a layer-by-layer form)."""
+        return self.source.whole()
 
     def to(self, device: str | torch.device) -> LayerKernels:
-        """The same kernels (and cached neighbour lists) on `device`, without recomputing them."""
-        moved = object.__new__(LayerKernels)
+        """The same kernels (and what they keep) on `device`, without recomputing them."""
+        moved = object.__new__(type(self))
         moved.__dict__.update(self.__dict__)
-        moved.feats, moved.grams = self.feats.to(device), self.grams.to(device)
-        moved._knn = {key: knn.to(device) for key, knn in self._knn.items()}
+        moved.source = self.source.to(device)
+        moved._lists = {key: lists.to(device) for key, lists in self._lists.items()}
+        moved.memo = {}
+        for name in ("_diagonals", "_norms", "grams"):
+            if self.__dict__.get(name) is not None:
+                moved.__dict__[name] = self.__dict__[name].to(device)
         moved.__dict__.pop("candidates", None)
         return moved
 
-    def _grams(self) -> torch.Tensor:
-        n, num_layers, _ = self.feats.shape
-        grams = torch.empty(num_layers + 1, n, n, dtype=self.feats.dtype, device=self.feats.device)
+    def known_diagonals(self) -> torch.Tensor | None:
+        return self._diagonals
+
+    def learn_diagonals(self, diagonals: torch.Tensor) -> None:
+        """Keep Gram diagonals that a pass over all rows computed anyway."""
+        if self._diagonals is None:
+            self._diagonals = diagonals
+
+    @property
+    def diagonals(self) -> torch.Tensor:
+        """[L + 1, N]: each candidate's Gram diagonal (squared row norms) before normalising."""
+        if self._diagonals is None:
+            self._diagonals = gram_diagonals(self.source)
+        return self._diagonals
+
+    @property
+    def norms(self) -> torch.Tensor | None:
+        """[L + 1, N]: each candidate's row norms, None when rows are not normalised."""
+        if self.normalize and self._norms is None:
+            self._norms = row_norms(self.diagonals)
+        return self._norms
+
+    def neighbours(self, topk: int, exclude_self: bool = True) -> Neighbours:
+        """Every candidate's top-k neighbour lists by similarity, nearest first."""
+        key = (topk, exclude_self)
+        if key not in self._lists:
+            metrics.check_topk(topk, self.n)
+            lists, diagonals = neighbour_lists(self.source, self.normalize, topk, exclude_self,
+                                               self.known_diagonals())
+            self._lists[key] = lists
+            if diagonals is not None:
+                self.learn_diagonals(diagonals)
+        return self._lists[key]
+
+    def knn(self, topk: int, exclude_self: bool = True) -> torch.Tensor:
+        """[L + 1, N, topk] neighbour indices by inner product, nearest first."""
+        return self.neighbours(topk, exclude_self).indices
+
+    def members(self, topk: int, exclude_self: bool = True) -> MemberTable:
+        """The pairs of the neighbour lists as a lookup table (kept: the null reuses it)."""
+        key = ("members", topk, exclude_self)
+        if key not in self.memo:
+            lists = self.knn(topk, exclude_self)
+            with one_cpu_thread(lists.device):
+                self.memo[key] = MemberTable(lists)
+        return self.memo[key]
+
+    def entries(self, cols: torch.Tensor) -> torch.Tensor:
+        """[L + 1, N, M]: every candidate's normalised Gram entries (i, cols[i, t])."""
+        return row_entries(self.source, self.norms, cols)
+
+    @cached_property
+    def grams(self) -> torch.Tensor:
+        """The dense [L + 1, N, N] stack of normalised Gram matrices: never used by the search,
+        built only when asked for (inspection, tests)."""
+        feats = self.feats
+        n, num_layers, _ = feats.shape
+        grams = torch.empty(num_layers + 1, n, n, dtype=feats.dtype, device=feats.device)
         for layer in range(num_layers):
-            x = self.feats[:, layer, :]
+            x = feats[:, layer, :]
             torch.mm(x, x.T, out=grams[layer + 1])
-        torch.sum(grams[1:], dim=0, out=grams[0])
+        grams[0] = add_layers(grams[1:])
         if self.normalize:
             norms = grams.diagonal(dim1=1, dim2=2).sqrt().clamp_min(1e-12)
             grams /= norms[:, :, None]
             grams /= norms[:, None, :]
         return grams
 
-    def knn(self, topk: int, exclude_self: bool = True) -> torch.Tensor:
-        """[L + 1, N, topk] neighbour indices by inner product, nearest first."""
-        key = (topk, exclude_self)
-        if key not in self._knn:
-            out = torch.empty(len(self), self.n, topk, dtype=torch.long, device=self.grams.device)
-            metrics.check_topk(topk, self.n)
-            for c in range(len(self)):
-                sim = self.grams[c]
-                diagonal = sim.diagonal().clone()
-                try:  # in place, always restored: no copy of the N x N matrix
-                    if exclude_self:
-                        sim.fill_diagonal_(float("-inf"))
-                    torch.topk(sim, topk, dim=1, out=(torch.empty_like(sim[:, :topk]), out[c]))
-                finally:
-                    sim.diagonal().copy_(diagonal)
-            self._knn[key] = out
-        return self._knn[key]
-
-    def membership(self, topk: int, c: int, exclude_self: bool = True) -> torch.Tensor:
-        """Boolean [N, N]: (i, j) True when j is among candidate c's neighbours of i."""
-        return metrics.knn_membership(self.knn(topk, exclude_self)[c], self.n)
-
-    def kernel(self, c: int, kernel_metric: str = "ip", rbf_sigma: float = 1.0) -> torch.Tensor:
-        K = self.grams[c]
-        if kernel_metric == "ip":
-            return K
-        if kernel_metric == "rbf":
-            sq_norms = K.diagonal()
-            sq_dist = (sq_norms[:, None] + sq_norms[None, :] - 2 * K).clamp_min(0)
-            return torch.exp(-sq_dist / (2 * rbf_sigma**2))
-        raise PlatonicError(f"unknown kernel_metric {kernel_metric!r}; use 'ip' or 'rbf'")
-
     @cached_property
     def candidates(self) -> list[torch.Tensor]:
         """Materialised candidate features, for metrics without a kernel form (e.g. svcca)."""
-        return [candidate(self.feats, c - 1, self.normalize) for c in range(len(self))]
+        return [self.candidate(c) for c in range(len(self))]
+
+    def candidate(self, c: int) -> torch.Tensor:
+        """Candidate c's features [N, D] (row-normalised when `normalize`); c = 0 concatenates."""
+        layers = range(self.source.num_layers) if c == 0 else [c - 1]
+        x = torch.cat([self.source.layer(layer) for layer in layers], dim=1)
+        return F.normalize(x, p=2, dim=-1) if self.normalize else x
 
 
 def _knn_grid(kx: LayerKernels, ky: LayerKernels, topk: int,
-              pair_score: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]) -> np.ndarray:
-    """Fill the grid column by column; `pair_score(knn_x [Lx+1,N,k], knn_yb [N,k], b)` gives
-    the scores of every x candidate against y candidate b."""
+              pair_score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> np.ndarray:
+    """Fill the grid column by column; `pair_score(knn_x [Lx+1,N,k], knn_yb [N,k])` gives the
+    scores of every x candidate against y candidate b."""
     metrics.check_topk(topk, kx.n)
     grid = np.empty((len(kx), len(ky)))
-    knn_y = ky.knn(topk)
-    for b in range(len(ky)):
-        grid[:, b] = pair_score(kx.knn(topk), knn_y[b], b).double().cpu().numpy()
+    knn_x, knn_y = kx.knn(topk), ky.knn(topk)
+    with one_cpu_thread(knn_x.device):
+        for b in range(len(ky)):
+            grid[:, b] = pair_score(knn_x, knn_y[b]).double().cpu().numpy()
     return grid
 
 
-def flat_positions(knn: torch.Tensor) -> torch.Tensor:
-    """Indices of the entries (i, knn[..., i, t]) in a flattened N x N matrix."""
-    n = knn.shape[-2]
-    return knn + torch.arange(n, device=knn.device).unsqueeze(1) * n
+def mutual_counts(members_x: MemberTable, knn_y: torch.Tensor) -> torch.Tensor:
+    """[Lx + 1, Ly + 1] int64: Σ_i |kNN_x,a(i) ∩ kNN_y,b(i)| for every candidate pair, from
+    lookups of y's lists in x's table (a few y candidates at a time: 256 MiB of hits at most)."""
+    counts = torch.empty(members_x.count, len(knn_y), dtype=torch.int64, device=knn_y.device)
+    step = max(1, (256 << 20) // (knn_y[0].numel() * members_x.count))
+    for start in range(0, len(knn_y), step):
+        part = knn_y[start:start + step]
+        hits = members_x.lookup(own_rows(part).expand_as(part), part)
+        counts[:, start:start + step] = hits.sum(dim=(1, 2), dtype=torch.int64).T
+    return counts
+
+
+def cycle_hits(members_x: MemberTable, knn_yb: torch.Tensor) -> torch.Tensor:
+    """[N, Lx + 1] bool: whether i is among the x-neighbours of one of its y-neighbours."""
+    return members_x.lookup(knn_yb, own_rows(knn_yb)).amax(dim=1).bool()
 
 
 @register_grid("mutual_knn")
 def mutual_knn_grid(kx: LayerKernels, ky: LayerKernels, topk: int) -> np.ndarray:
-    flat_x = flat_positions(kx.knn(topk))
-
-    def score(knn_x: torch.Tensor, knn_yb: torch.Tensor, b: int) -> torch.Tensor:
-        hits = metrics.knn_membership(knn_yb, ky.n).view(-1)[flat_x]
-        return hits.flatten(1).sum(dim=1).double() / knn_yb.numel()
-
-    return _knn_grid(kx, ky, topk, score)
+    metrics.check_topk(topk, kx.n)
+    members_x, knn_y = kx.members(topk), ky.knn(topk)
+    with one_cpu_thread(knn_y.device):
+        counts = mutual_counts(members_x, knn_y)
+    return (counts.double() / (kx.n * topk)).cpu().numpy()
 
 
 @register_grid("cycle_knn")
 def cycle_knn_grid(kx: LayerKernels, ky: LayerKernels, topk: int) -> np.ndarray:
-    members_t = torch.stack([kx.membership(topk, a).T for a in range(len(kx))]).flatten(1)
-
-    def score(knn_x: torch.Tensor, knn_yb: torch.Tensor, b: int) -> torch.Tensor:
-        back = members_t[:, flat_positions(knn_yb)]
-        return back.any(dim=2).float().mean(dim=1)
-
-    return _knn_grid(kx, ky, topk, score)
+    metrics.check_topk(topk, kx.n)
+    members_x = kx.members(topk)
+    return _knn_grid(kx, ky, topk,
+                     lambda knn_x, knn_yb: cycle_hits(members_x, knn_yb).float().mean(dim=0))
 
 
 @register_grid("lcs_knn")
 def lcs_knn_grid(kx: LayerKernels, ky: LayerKernels, topk: int) -> np.ndarray:
-    def score(knn_x: torch.Tensor, knn_yb: torch.Tensor, b: int) -> torch.Tensor:
+    def score(knn_x: torch.Tensor, knn_yb: torch.Tensor) -> torch.Tensor:
         return metrics.lcs_lengths(knn_x, knn_yb.expand_as(knn_x)).float().mean(dim=1)
 
     return _knn_grid(kx, ky, topk, score)
@@ -188,62 +276,17 @@ def lcs_knn_grid(kx: LayerKernels, ky: LayerKernels, topk: int) -> np.ndarray:
 
 @register_grid("edit_distance_knn")
 def edit_distance_knn_grid(kx: LayerKernels, ky: LayerKernels, topk: int) -> np.ndarray:
-    def score(knn_x: torch.Tensor, knn_yb: torch.Tensor, b: int) -> torch.Tensor:
+    def score(knn_x: torch.Tensor, knn_yb: torch.Tensor) -> torch.Tensor:
         dist = metrics.edit_distances(knn_x, knn_yb.expand_as(knn_x)).float().mean(dim=1)
         return 1.0 - dist.double() / topk
 
     return _knn_grid(kx, ky, topk, score)
 
 
-def centre_kernel_(K: torch.Tensor, unbiased: bool) -> torch.Tensor:
-    """Centre a kernel matrix in place: H K H for the biased HSIC, the U-centred kernel (zero
-    diagonal) for the unbiased one.
-
-    With these, HSIC_biased(K, L) = <HKH, HLH> and HSIC_unbiased(K, L) = <K_U, L_U> / (m (m-3))
-    (Székely & Rizzo 2014), so a whole grid of HSIC values is one matrix product, and centring
-    first avoids the cancellation of the large terms of the unbiased estimator.
-    """
-    m = K.shape[0]
-    if unbiased:
-        K.fill_diagonal_(0)
-    row, col, total = K.sum(dim=1), K.sum(dim=0), K.sum()
-    if unbiased:
-        K.sub_(row[:, None] / (m - 2)).sub_(col[None, :] / (m - 2))
-        return K.add_(total / ((m - 1) * (m - 2))).fill_diagonal_(0)
-    return K.sub_(row[:, None] / m).sub_(col[None, :] / m).add_(total / m**2)
-
-
-def _centred_stack(kernels: LayerKernels, unbiased: bool, kernel_metric: str,
-                   rbf_sigma: float) -> torch.Tensor:
-    """[L + 1, N * N]: every candidate's centred kernel, flattened."""
-    n = kernels.n
-    out = torch.empty(len(kernels), n, n, dtype=kernels.grams.dtype, device=kernels.grams.device)
-    for c in range(len(kernels)):
-        centre_kernel_(out[c].copy_(kernels.kernel(c, kernel_metric, rbf_sigma)), unbiased)
-    return out.view(len(kernels), n * n)
-
-
-def inner_products(a: torch.Tensor, b: torch.Tensor | None = None, chunk: int = 1 << 14) -> torch.Tensor:
-    """a @ b.T (or each row's squared norm when b is None) in float64, from float32 products
-    over chunks of columns: one float32 sum over N * N terms would lose about 1e-5."""
-    out = torch.zeros(a.shape[0], *(() if b is None else (b.shape[0],)), dtype=torch.float64,
-                      device=a.device)
-    for start in range(0, a.shape[1], chunk):
-        block = a[:, start:start + chunk]
-        out += (block * block).sum(dim=1) if b is None else block @ b[:, start:start + chunk].T
-    return out
-
-
 @register_grid("cka")
 def cka_grid(kx: LayerKernels, ky: LayerKernels, kernel_metric: str = "ip",
              rbf_sigma: float = 1.0, unbiased: bool = False) -> np.ndarray:
-    cx = _centred_stack(kx, unbiased, kernel_metric.lower(), rbf_sigma)
-    cy = _centred_stack(ky, unbiased, kernel_metric.lower(), rbf_sigma)
-    cross = inner_products(cx, cy)
-    self_x, self_y = inner_products(cx), inner_products(cy)
-    scale = 1.0 / (kx.n * (kx.n - 3)) if unbiased else 1.0
-    denom = torch.sqrt(torch.outer(self_x, self_y)) * scale + 1e-6
-    return (cross * scale / denom).cpu().numpy()
+    return hsic.cka_grid(kx, ky, hsic.Kind.of(unbiased, kernel_metric, rbf_sigma))
 
 
 @register_grid("unbiased_cka")
@@ -256,73 +299,104 @@ def _masked_hsic(idx: torch.Tensor, mask: torch.Tensor, mask_t: torch.Tensor,
                  k_ij: torch.Tensor, l_ij: torch.Tensor, l_ji: torch.Tensor,
                  unbiased: bool) -> torch.Tensor:
     """HSIC of the masked kernels A = mask ∘ K, B = mask ∘ L from their entries at the
-    sparse positions (i, idx[i, t]): `mask`/`mask_t` say whether (i, j) and (j, i) are in the
-    mask, `k_ij`, `l_ij`, `l_ji` are K[i, j], L[i, j], L[j, i] there. No N x N tensor is made."""
+    sparse positions (i, idx[i, t]), for a batch of B masks and kernels L at once (last axis):
+    `mask`/`mask_t` [N, k, B] say whether (i, j) and (j, i) are in the mask, `k_ij` [N, k] and
+    `l_ij`, `l_ji` [N, k, B] are K[i, j], L[i, j], L[j, i] there. No N x N tensor is made."""
     n = idx.shape[0]
-    a, b = k_ij * mask, l_ij * mask
-    a_dot_bt = (a * l_ji * mask_t).sum()
-    a_col = torch.zeros(n, dtype=a.dtype, device=a.device).scatter_add_(0, idx.flatten(), a.flatten())
-    b_col = torch.zeros(n, dtype=b.dtype, device=b.device).scatter_add_(0, idx.flatten(), b.flatten())
+    a, b = k_ij.unsqueeze(-1) * mask, l_ij * mask
+    a_dot_bt = (a * l_ji * mask_t).sum(dim=(0, 1))
+    flat = idx.flatten()
+    a_col = torch.zeros(n, a.shape[-1], dtype=a.dtype, device=a.device).index_add_(0, flat, a.flatten(0, 1))
+    b_col = torch.zeros(n, b.shape[-1], dtype=b.dtype, device=b.device).index_add_(0, flat, b.flatten(0, 1))
     a_row, b_row = a.sum(dim=1), b.sum(dim=1)
+    a_sum, b_sum = a.sum(dim=(0, 1)), b.sum(dim=(0, 1))
     if unbiased:  # the mask excludes the diagonal, so A and B already have a zero diagonal
-        return (a_dot_bt + a.sum() * b.sum() / ((n - 1) * (n - 2))
-                - 2 * (a_col @ b_row) / (n - 2)) / (n * (n - 3))
-    return a_dot_bt - (a_row @ b_col + a_col @ b_row) / n + a.sum() * b.sum() / n**2
+        return (a_dot_bt + a_sum * b_sum / ((n - 1) * (n - 2))
+                - 2 * (a_col * b_row).sum(dim=0) / (n - 2)) / (n * (n - 3))
+    return a_dot_bt - ((a_row * b_col).sum(dim=0) + (a_col * b_row).sum(dim=0)) / n + a_sum * b_sum / n**2
 
 
 @register_grid("cknna")
 def cknna_grid(kx: LayerKernels, ky: LayerKernels, topk: int | None = None,
                distance_agnostic: bool = False, unbiased: bool = True) -> np.ndarray:
+    """CKNNA from the neighbour lists: the mutual-neighbour mask is sparse (N k entries), the
+    kernels are needed only there (own lists' similarities, the other side's entries there)."""
     topk = kx.n - 1 if topk is None else topk
     metrics.check_topk(topk, kx.n)
     if topk < 2:
         raise PlatonicError("cknna needs topk >= 2")
-    exclude = unbiased
+    lists_x, lists_y = kx.neighbours(topk, unbiased), ky.neighbours(topk, unbiased)
+    # y's kernels at the positions of every x candidate's lists: [Ly + 1, N, Lx + 1, k]
+    at_x = None if distance_agnostic else ky.entries(
+        lists_x.indices.permute(1, 0, 2).flatten(1)).view(len(ky), kx.n, len(kx), topk)
+    members_x, members_y = kx.members(topk, unbiased), ky.members(topk, unbiased)
+    with one_cpu_thread(lists_x.indices.device):
+        return _cknna_from_lists(lists_x, lists_y, members_x, members_y, at_x,
+                                 distance_agnostic, unbiased)
 
-    def similarity(ka: LayerKernels, a: int, kb: LayerKernels, b: int,
-                   member_b: torch.Tensor, member_b_t: torch.Tensor,
-                   member_a_t: torch.Tensor) -> torch.Tensor:
-        idx = ka.knn(topk, exclude)[a]
-        mask = member_b.gather(1, idx)
+
+def _cknna_from_lists(lists_x: Neighbours, lists_y: Neighbours, members_x: MemberTable,
+                      members_y: MemberTable, at_x: torch.Tensor | None, distance_agnostic: bool,
+                      unbiased: bool) -> np.ndarray:
+
+    def similarity(idx: torch.Tensor, mask: torch.Tensor, mask_t: torch.Tensor,
+                   k_ij: torch.Tensor, l_ij: torch.Tensor | None) -> torch.Tensor:
+        """[B]: the masked HSIC (or mask size) for each of B masks and kernels (last axis)."""
         if distance_agnostic:
-            return mask.sum().double()
-        mask_t = member_a_t.gather(1, idx) & member_b_t.gather(1, idx)
-        K, L = ka.grams[a], kb.grams[b]
-        return _masked_hsic(idx, mask, mask_t, K.gather(1, idx), L.gather(1, idx),
-                            L.T.gather(1, idx), unbiased).double()
+            return mask.sum(dim=(0, 1)).double()
+        return _masked_hsic(idx, mask, mask_t, k_ij, l_ij, l_ij, unbiased).double()
 
-    members_x = [kx.membership(topk, a, exclude) for a in range(len(kx))]
-    members_x_t = [m.T for m in members_x]
-    self_x = [similarity(kx, a, kx, a, members_x[a], members_x_t[a], members_x_t[a])
-              for a in range(len(kx))]
-    grid = np.empty((len(kx), len(ky)))
-    for b in range(len(ky)):
-        member_b = ky.membership(topk, b, exclude)
-        member_b_t = member_b.T
-        self_y = similarity(ky, b, ky, b, member_b, member_b_t, member_b_t)
-        for a in range(len(kx)):
-            cross = similarity(kx, a, ky, b, member_b, member_b_t, members_x_t[a])
-            grid[a, b] = cross.item() / (torch.sqrt(self_x[a] * self_y) + 1e-6).item()
-    return grid
+    def self_similarity(lists: Neighbours, members: MemberTable) -> torch.Tensor:
+        rows = own_rows(lists.indices).expand_as(lists.indices)
+        back = members.lookup(lists.indices, rows)  # [C, N, k, C]: (j, i) in each's lists
+        out = []
+        for c, idx in enumerate(lists.indices):
+            mask = torch.ones(*idx.shape, 1, dtype=torch.bool, device=idx.device)
+            values = lists.values[c].unsqueeze(-1)
+            out.append(similarity(idx, mask, back[c, ..., c:c + 1].bool(), lists.values[c], values))
+        return torch.cat(out)
+
+    self_x, self_y = self_similarity(lists_x, members_x), self_similarity(lists_y, members_y)
+    grid = torch.empty(len(lists_x.indices), len(lists_y.indices), dtype=torch.float64)
+    for a, idx in enumerate(lists_x.indices):
+        rows = own_rows(idx)
+        mask = members_y.lookup(rows, idx).bool()  # [N, k, Ly + 1]: (i, j) in y's lists
+        mask_t = (members_x.lookup(idx, rows)[..., a:a + 1] & members_y.lookup(idx, rows)).bool()
+        l_ij = None if at_x is None else at_x[:, :, a].permute(1, 2, 0)
+        cross = similarity(idx, mask, mask_t, lists_x.values[a], l_ij)
+        grid[a] = cross.cpu() / (torch.sqrt(self_x[a] * self_y) + 1e-6).cpu()
+    return grid.numpy()
 
 
 @register_grid("svcca")
 def svcca_grid(kx: LayerKernels, ky: LayerKernels, cca_dim: int = 10) -> np.ndarray:
-    reduced_x = [metrics.svcca_reduce(c, cca_dim) for c in kx.candidates]
-    reduced_y = [metrics.svcca_reduce(c, cca_dim) for c in ky.candidates]
+    """Each candidate reduced once (one candidate's features in memory at a time)."""
+    reduced_x = [metrics.svcca_reduce(kx.candidate(c), cca_dim) for c in range(len(kx))]
+    reduced_y = [metrics.svcca_reduce(ky.candidate(c), cca_dim) for c in range(len(ky))]
     return np.array([[metrics.svcca_from_reduced(u, v, cca_dim) for v in reduced_y]
                      for u in reduced_x])
 
 
 def load_kernels(path: str | os.PathLike, device: str | torch.device = "cpu",
                  precise: bool = False, normalize: bool = True) -> LayerKernels:
-    """One feature file (checked on load), outliers clamped as the measure stage does, as kernels."""
-    loaded = load_features(path, device=device)
-    try:
-        feats = prepare_features(loaded.feats, exact=precise, layer_dims=loaded.meta.get("layer_dims"))
-    except PlatonicError as err:
-        raise PlatonicError(f"{path}: {err}") from err
-    return LayerKernels(feats, normalize)
+    """One feature file (checked on opening), outliers clamped as the measure stage does, read
+    layer by layer: the file is never loaded whole."""
+    return LayerKernels(open_layers(path, device, precise), normalize)
+
+
+KNN_LIST_METRICS = ("mutual_knn", "cycle_knn", "lcs_knn", "edit_distance_knn")
+
+
+def precompute(kernels: LayerKernels, metric: str, topk: int | None) -> LayerKernels:
+    """Compute now what every score of this model with `metric` reuses (row norms, and the kNN
+    lists of the kNN metrics), e.g. once in a task whose result other tasks share."""
+    if metric in KNN_LIST_METRICS and topk is not None:
+        kernels.neighbours(topk)
+    elif metric == "cknna":
+        kernels.neighbours(kernels.n - 1 if topk is None else topk)
+    if kernels.normalize:
+        kernels.norms  # noqa: B018 (computed and kept)
+    return kernels
 
 
 def pairwise_grid(kx: LayerKernels, ky: LayerKernels, metric: str, **kwargs: Any) -> np.ndarray:

@@ -9,12 +9,16 @@ would bias (or void) the whole null. Only the observed score follows the publish
 positive value in its grid, no score (NaN); an undefined score has an undefined p-value and
 calibrated score, so it is never significant.
 
-Nothing is recomputed from features: permuting y's rows by pi turns y's Gram matrices into
-G[pi][:, pi] and its neighbour lists into knn'[i] = pi^-1(knn[pi(i)]), an index operation.
-- mutual_knn: x's kNN membership matrices are built once; a permutation's whole grid is then one
-  gather of y's permuted neighbour lists from them (cost (Lx+1)(Ly+1) N k, no N x N work);
-- every other metric: the grid of the metric's own fast form on a permuted view of y's kernels
-  (`PermutedKernels`: Gram matrices and neighbour lists indexed, never rebuilt).
+No neighbour list is recomputed: permuting y's rows by pi turns its lists into
+knn'[i] = pi^-1(knn[pi(i)]), an index operation, and no N x N matrix is made per permutation.
+- mutual_knn: x's lists are turned once into a table of their pairs (`neighbours.MemberTable`);
+  a permutation's whole grid is then one lookup of y's permuted lists in it (cost
+  (Ly + 1) N k log(N k), O((Lx + 1) N k) memory);
+- every other metric: the grid of the metric's own fast form on a permuted view of y
+  (`PermutedKernels`: neighbour lists indexed, features read in the permuted row order). For
+  the CKA family, each candidate's HSIC(K, K) is kept across permutations, and the centred
+  kernels are kept whole when they fit (`hsic.DENSE_BYTES`), so that a permutation is an
+  indexing; otherwise it costs the feature-space cross products (or the kernel rows) again.
 
 Reported: null mean, its 95th percentile, the permutation p-value (1 + #{null >= score}) /
 (N + 1) (ties count against the score, so it is never below its true level), and the calibrated
@@ -24,23 +28,23 @@ Bootstrap CI (95% percentile interval) of the score at the chosen layer pair, re
 with replacement: for the kNN metrics, whose score is a mean of per-sample terms (mutual_knn's
 |kNN_x(i) & kNN_y(i)| / k, ...), those terms are resampled (neighbour lists from the full sample,
 so no duplicate becomes its own neighbour); for cka and unbiased_cka the metric runs on the
-resampled rows of the two chosen layers. cknna and svcca get no CI (NaN, shown as undefined):
+resampled rows of the two chosen layers (in feature space, with the draw's counts as weights, when
+that is cheaper than its N x N kernels). cknna and svcca get no CI (NaN, shown as undefined):
 duplicated rows would be each other's nearest neighbours, or inflate canonical correlations.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 import torch
 
-from platonic.core import metrics
-from platonic.core.alignment import LayerKernels, best_of_grid, score_grid
+from platonic.core import hsic, metrics
+from platonic.core.alignment import LayerKernels, best_of_grid, mutual_counts, score_grid
+from platonic.core.neighbours import MemberTable, Neighbours, one_cpu_thread, own_rows, permute_knn
 from platonic.errors import PlatonicError
 from platonic.io.results import Calibration
 
@@ -54,41 +58,41 @@ RESAMPLED_METRICS = ("cka", "unbiased_cka")
 
 
 class PermutedKernels(LayerKernels):
-    """`base`'s kernels with its samples reordered (row i = base row order[i]), by indexing only.
+    """`base` with its samples reordered (row i = base row order[i]), by indexing only.
 
-    Neighbour lists are translated from the base's (`order` must then be a permutation); Gram
-    matrices and features are indexed on first use. `order` with repeats (a bootstrap draw) is
-    fine for metrics that need only the Gram matrices or features.
+    Neighbour lists are translated from the base's when `order` is a permutation, and what does
+    not change under a permutation (HSIC(K, K)) is shared with the base; features are read in
+    the new row order. `order` with repeats (a bootstrap draw) is fine for metrics that need
+    only the features: its lists are then computed from them.
     """
 
     def __init__(self, base: LayerKernels, order: torch.Tensor):
-        self.base, self.order = base, order.to(base.grams.device)
-        self.n, self.normalize = len(order), base.normalize
-        self._knn = {}
+        order = order.to(base.source.device)
+        super().__init__(base.source.reordered(order), base.normalize)
+        self.base, self.order = base, order
+        is_permutation = len(order) == base.n and bool(
+            torch.equal(order.sort().values, torch.arange(base.n, device=order.device)))
+        self.permutation_of = (base, order) if is_permutation else None
 
-    def __len__(self) -> int:
-        return len(self.base)
+    def known_diagonals(self) -> torch.Tensor | None:
+        known = self.base.known_diagonals()
+        return None if known is None else known[:, self.order]
+
+    @property
+    def diagonals(self) -> torch.Tensor:  # type: ignore[override]
+        return self.base.diagonals[:, self.order]
 
     @cached_property
     def grams(self) -> torch.Tensor:  # type: ignore[override]
         return self.base.grams[:, self.order][:, :, self.order]
 
-    @cached_property
-    def feats(self) -> torch.Tensor:  # type: ignore[override]
-        return self.base.feats[self.order]
-
-    def knn(self, topk: int, exclude_self: bool = True) -> torch.Tensor:
+    def neighbours(self, topk: int, exclude_self: bool = True) -> Neighbours:
+        if self.permutation_of is None:
+            return super().neighbours(topk, exclude_self)
         key = (topk, exclude_self)
-        if key not in self._knn:
-            self._knn[key] = permute_knn(self.base.knn(topk, exclude_self), self.order)
-        return self._knn[key]
-
-
-def permute_knn(knn: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    """Neighbour lists [..., N, k] of the samples reordered by `perm` (row i = old row perm[i])."""
-    inverse = torch.empty_like(perm)
-    inverse[perm] = torch.arange(len(perm), device=perm.device)
-    return inverse[knn[..., perm, :]]
+        if key not in self._lists:
+            self._lists[key] = self.base.neighbours(topk, exclude_self).reordered(self.order)
+        return self._lists[key]
 
 
 def permutations(n_samples: int, count: int, seed: int) -> torch.Tensor:
@@ -99,22 +103,16 @@ def permutations(n_samples: int, count: int, seed: int) -> torch.Tensor:
 
 def mutual_knn_null(kx: LayerKernels, ky: LayerKernels, topk: int,
                     perms: torch.Tensor) -> np.ndarray:
-    """Best-over-layer-pairs mutual kNN of x against each row-permuted y: one gather each."""
+    """Best-over-layer-pairs mutual kNN of x against each row-permuted y: one table lookup of
+    y's permuted lists each."""
     metrics.check_topk(topk, kx.n)
-    n, ly = kx.n, len(ky)
-    # (i * N + j, a) -> 1 if j is among x candidate a's neighbours of i: one byte row per entry,
-    # so a permutation's hits are a gather of contiguous rows and one sum
-    members = torch.stack([kx.membership(topk, a).view(-1) for a in range(len(kx))], dim=1)
-    members = members.to(torch.uint8)
+    members = kx.members(topk)
     knn_y = ky.knn(topk)  # [Ly+1, N, k]
-    row_start = torch.arange(n, device=knn_y.device)[:, None] * n
     out = np.empty(len(perms))
     with one_cpu_thread(knn_y.device):
         for p, perm in enumerate(perms.to(knn_y.device)):
-            positions = (permute_knn(knn_y, perm) + row_start).view(-1)
-            hits = members.index_select(0, positions).view(ly, n * topk, len(kx))
-            grid = hits.sum(dim=1, dtype=torch.int64).T.double() / (n * topk)  # [Lx+1, Ly+1]
-            out[p] = grid_max(grid.cpu().numpy())
+            counts = mutual_counts(members, permute_knn(knn_y, perm))
+            out[p] = grid_max((counts.double() / (kx.n * topk)).cpu().numpy())
     return out
 
 
@@ -125,26 +123,15 @@ def grid_max(grid: np.ndarray) -> float:
     return float(finite.max()) if finite.size else math.nan
 
 
-@contextlib.contextmanager
-def one_cpu_thread(device: torch.device) -> Iterator[None]:
-    """Small index operations on the CPU run on one thread: thread hand-offs would cost more
-    than the work (several times more on a busy machine). The thread count is restored."""
-    if device.type != "cpu":
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def permutation_null(kx: LayerKernels, ky: LayerKernels, metric: str, topk: int | None,
                      perms: torch.Tensor, **extra: Any) -> tuple[np.ndarray, str]:
     """The best score over layer pairs for each permutation of y's samples, and how it was made."""
     if metric in FAST_NULL_METRICS and not extra:
-        return mutual_knn_null(kx, ky, topk, perms), "permuted kNN lists (one gather per permutation)"
+        return mutual_knn_null(kx, ky, topk, perms), "permuted kNN lists (one lookup per permutation)"
+    if metric in RESAMPLED_METRICS:
+        kind = hsic_kind(metric, extra)
+        hsic.keep_centred(kx, kind)
+        hsic.keep_centred(ky, kind)
     null = np.array([grid_max(score_grid(kx, PermutedKernels(ky, perm), metric, topk, **extra))
                      for perm in perms])
     return null, "permuted kernels (the metric's grid per permutation)"
@@ -155,7 +142,8 @@ def per_sample_terms(kx: LayerKernels, ky: LayerKernels, metric: str, topk: int,
     """The per-sample terms whose mean is a kNN metric's score, at candidates (a, b)."""
     knn_a, knn_b = kx.knn(topk)[a], ky.knn(topk)[b]
     if metric == "mutual_knn":
-        terms = kx.membership(topk, a).gather(1, knn_b).sum(dim=1, dtype=torch.float64) / topk
+        hits = MemberTable(knn_a[None]).lookup(own_rows(knn_b), knn_b)[..., 0]
+        terms = hits.sum(dim=1, dtype=torch.float64) / topk
     elif metric == "cycle_knn":
         own = torch.arange(kx.n, device=knn_a.device).view(-1, 1, 1)
         terms = (knn_a[knn_b] == own).flatten(1).any(dim=1).double()
@@ -177,13 +165,30 @@ def bootstrap_ci(kx: LayerKernels, ky: LayerKernels, metric: str, topk: int | No
     if metric in PER_SAMPLE_METRICS:
         values = per_sample_terms(kx, ky, metric, topk, a, b)[draws].mean(axis=1)
     elif metric in RESAMPLED_METRICS:
-        fn = metrics.get_metric(metric).fn
-        x, y = kx.candidates[a], ky.candidates[b]
-        values = np.array([fn(x[d], y[d], **extra) for d in torch.from_numpy(draws)])
+        values = resampled_cka(kx.candidate(a), ky.candidate(b), metric, draws, extra)
     else:
         return math.nan, math.nan
     low, high = np.percentile(values, [2.5, 97.5])
     return float(low), float(high)
+
+
+def hsic_kind(metric: str, extra: dict[str, Any]) -> hsic.Kind:
+    """The HSIC a CKA-family metric computes with these keyword arguments."""
+    unbiased = metric == "unbiased_cka" or bool(extra.get("unbiased", False))
+    return hsic.Kind.of(unbiased, extra.get("kernel_metric", "ip"), extra.get("rbf_sigma", 1.0))
+
+
+def resampled_cka(x: torch.Tensor, y: torch.Tensor, metric: str, draws: np.ndarray,
+                  extra: dict[str, Any]) -> np.ndarray:
+    """The metric on the rows of each draw: in feature space with the draw's counts as row
+    weights (linear kernel, when cheaper than the N x N kernels), else the metric itself."""
+    kind = hsic_kind(metric, extra)
+    n, dx, dy = len(x), x.shape[1], y.shape[1]
+    if kind.kernel == "ip" and dx * dy + dx * dx + dy * dy < n * (dx + dy):
+        return np.array([hsic.weighted_cka(x, y, torch.bincount(d, minlength=n), kind.unbiased)
+                         for d in torch.from_numpy(draws).to(x.device)])
+    fn = metrics.get_metric(metric).fn
+    return np.array([fn(x[d], y[d], **extra) for d in torch.from_numpy(draws)])
 
 
 def calibrate(kx: LayerKernels, ky: LayerKernels, metric: str = "mutual_knn",

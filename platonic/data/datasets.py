@@ -15,7 +15,7 @@ the other level sources are in `platonic.data.level_sources`, the level values i
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,13 +30,35 @@ DEFAULT_SUBSETS: dict[str, str] = {PRH: "wit_1024", embedded.NAME: "seed0"}
 _CAPTION_COLUMNS = ("text", "caption", "captions")
 
 
+class ImageSequence(Sequence[Image.Image]):
+    """Images made one at a time as they are read (decoded, rendered, perturbed by `load(i)`),
+    so that a pass over N images holds one, not N: `len`, indexing, slicing (another lazy
+    sequence) and iteration. Each read makes the image again."""
+
+    def __init__(self, load: Callable[[int], Image.Image], indices: range) -> None:
+        self._load = load
+        self._indices = indices
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return ImageSequence(self._load, self._indices[index])
+        return self._load(self._indices[index])
+
+    def __iter__(self) -> Iterator[Image.Image]:
+        return map(self._load, self._indices)
+
+
 @dataclass
 class PairedData:
-    """Images and their captions, in dataset order; `level_texts` gives captions at a level."""
+    """Images and their captions, in dataset order; `level_texts` gives captions at a level.
+    The images are an `ImageSequence`: decoded when read."""
 
     name: str
     subset: str | None
-    images: list[Image.Image]
+    images: Sequence[Image.Image]
     texts: list[str]
     level_texts: Callable[[int], list[str]] | None = None
 
@@ -70,7 +92,12 @@ def load_prh(name: str, subset: str | None, num_samples: int | None, caption_idx
         table = table.select(range(min(num_samples, len(table))))
     texts = [_caption_of(row, caption_idx, f"{name}@{revision} sample {i}")
              for i, row in enumerate(table["text"])]
-    return PairedData(name, revision, [img.convert("RGB") for img in table["image"]], texts)
+    return PairedData(name, revision, table_images(table), texts)
+
+
+def table_images(table: Any) -> ImageSequence:
+    """A `datasets` table's "image" column, each image decoded (as RGB) when read."""
+    return ImageSequence(lambda i: table[i]["image"].convert("RGB"), range(len(table)))
 
 
 def load_embedded(name: str, subset: str | None, num_samples: int | None, caption_idx: int) -> PairedData:
@@ -83,7 +110,7 @@ def load_embedded(name: str, subset: str | None, num_samples: int | None, captio
     count = embedded.DEFAULT_NUM_SAMPLES if num_samples is None else num_samples
     scenes = embedded.scenes(count, seed)
     texts = [embedded.describe(scene) for scene in scenes]
-    images = [embedded.render(scene) for scene in scenes]
+    images = ImageSequence(lambda i: embedded.render(scenes[i]), range(len(scenes)))
 
     def level_texts(level: int) -> list[str]:
         return [embedded.describe(embedded.perturb(s, i, level, seed)) for i, s in enumerate(scenes)]
@@ -106,7 +133,7 @@ def load_imagefolder(path: str, subset: str | None, num_samples: int | None, cap
     if num_samples is not None:
         table = table.select(range(min(num_samples, len(table))))
     texts = [_caption_of(v, caption_idx, f"{path} sample {i}") for i, v in enumerate(table[column])]
-    return PairedData(Path(path).name, subset, [img.convert("RGB") for img in table["image"]], texts)
+    return PairedData(Path(path).name, subset, table_images(table), texts)
 
 
 DATASETS: dict[str, Callable[[str, str | None, int | None, int], PairedData]] = {

@@ -9,15 +9,17 @@ One safetensors file per (model, uniqueness level):
            (the exact texts or images and settings used) and `content_sha256` (of the tensors).
 
 Loading never executes code: safetensors for our files, `torch.load(weights_only=True)` for the
-original's `.pt` files.
+original's `.pt` files. Checking a file's content streams it in row chunks (`platonic.core.layers.FileLayers` reads a
+file one layer at a time the same way).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from platonic.io.storage import atomic_path, dataset_dir, model_slug, sha256_fil
 FORMAT_VERSION = 1
 META_KEY = "platonic"
 FEATS = "feats"
+CHUNK_BYTES = 64 << 20  # rows read at a time when a file is streamed
 
 
 @dataclass
@@ -66,32 +69,69 @@ def feature_path(root: str | os.PathLike, dataset: str, subset: str | None, mode
 
 
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    return _sha256_of_named((name, tensors[name]) for name in sorted(tensors))
-
-
-def _sha256_of_named(named: Iterable[tuple[str, torch.Tensor]]) -> str:
     h = hashlib.sha256()
-    for name, tensor in named:
-        t = tensor.detach().contiguous().cpu()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    for name in sorted(tensors):
+        h.update(_tensor_record(name, tensors[name]))
     return h.hexdigest()
 
 
+def _tensor_record(name: str, tensor: torch.Tensor) -> bytes:
+    """What the content hash reads of one tensor: name, dtype, shape, then its bytes."""
+    t = tensor.detach().contiguous().cpu()
+    header = f"{name}:{t.dtype}:{tuple(t.shape)}".encode()
+    return header + (t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
 def verified_fingerprint(path: str | os.PathLike) -> str:
-    """The file's recorded `content_sha256`, after checking that its tensors still have it (one
-    tensor in memory at a time); a damaged or edited file is an error, never a reused input."""
+    """The file's recorded `content_sha256`, after checking that its tensors still have it (the
+    features streamed in row chunks); a damaged or edited file is an error, never a reused input."""
     path = Path(path)
     meta = read_meta(path)
     if path.suffix == ".pt":
         return meta["content_sha256"]
-    with safe_open(str(path), framework="pt") as f:
-        actual = _sha256_of_named((name, f.get_tensor(name)) for name in sorted(f.keys()))  # noqa: SIM118
-    _check_content(path, meta, actual)
+    check_content(path, meta, streamed_sha256(path))
     return meta["content_sha256"]
 
 
-def _check_content(path: Path, meta: dict[str, Any], actual: str) -> None:
+def streamed_sha256(path: Path, each_chunk: Callable[[torch.Tensor], None] | None = None) -> str:
+    """`tensors_sha256` of a safetensors file with the features read in row chunks of about
+    `CHUNK_BYTES` (a multiple of 64 rows), each also given to `each_chunk`."""
+    h = hashlib.sha256()
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for name in sorted(f.keys()):  # noqa: SIM118
+                part = f.get_slice(name)
+                shape, dtype = tuple(part.get_shape()), slice_dtype(part)
+                if name != FEATS or not shape:
+                    h.update(_tensor_record(name, f.get_tensor(name)))
+                    continue
+                h.update(f"{name}:{dtype}:{shape}".encode())
+                for start in range(0, shape[0], chunk_rows(shape)):
+                    chunk = part[start:start + chunk_rows(shape)].clone()
+                    h.update(chunk.contiguous().view(torch.uint8).numpy().tobytes() if chunk.numel() else b"")
+                    if each_chunk is not None:
+                        each_chunk(chunk)
+    except PlatonicError:
+        raise
+    except Exception as err:  # safetensors raises several types for a damaged file
+        raise PlatonicError(f"{path}: not a readable safetensors feature file ({err})") from err
+    return h.hexdigest()
+
+
+def slice_dtype(part: Any) -> torch.dtype:
+    name = part.get_dtype()
+    return {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+            "F64": torch.float64, "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8,
+            "BOOL": torch.bool, "I16": torch.int16, "I8": torch.int8}.get(name, name)
+
+
+def chunk_rows(shape: tuple[int, ...]) -> int:
+    """Rows per streamed chunk of a tensor of `shape` (4-byte entries assumed): a multiple of 64."""
+    row_bytes = 4 * max(1, math.prod(shape[1:]))
+    return max(64, CHUNK_BYTES // row_bytes // 64 * 64)
+
+
+def check_content(path: Path, meta: dict[str, Any], actual: str) -> None:
     if meta.get("content_sha256") != actual:
         raise PlatonicError(f"{path}: its tensors do not match their recorded SHA-256 (a damaged "
                             "or edited file); extract it again")
@@ -178,7 +218,7 @@ def load_features(path: str | os.PathLike, device: str | torch.device = "cpu") -
         tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
     if FEATS not in tensors:
         raise PlatonicError(f"{path}: no '{FEATS}' tensor")
-    _check_content(path, meta, tensors_sha256(tensors))
+    check_content(path, meta, tensors_sha256(tensors))
     feats = tensors.pop(FEATS)
     check_feats(feats, path)
     return FeatureFile(feats, meta, tensors, path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from platonic.data.datasets import ImageSequence
 from platonic.errors import PlatonicError
 from platonic.io.fingerprints import images_fingerprint
 from platonic.io.storage import read_json
@@ -40,7 +41,7 @@ def select_movies(root: Path, layout: Layout, num_samples: int | None = DEFAULT_
     selections = {split: select_ids(root, split, num_samples, seed) for split in splits}
     if ALIGNMENT_SPLIT in selections:
         test = selections[ALIGNMENT_SPLIT]
-        test.images_sha256 = images_fingerprint([load_image(m) for m in test.movies])
+        test.images_sha256 = images_fingerprint(load_image(m) for m in test.movies)
     for selection in selections.values():
         for note in (selection.note(), shortfall_note(selection)):
             if note:
@@ -74,17 +75,17 @@ def extract_study_features(language: list[ModelSpec], vision: list[ModelSpec],
     """Plots of every split through each language model (one load each), test posters through
     each vision model (one pass each); with `ray` (`--ray`), one Ray task per model."""
     texts = {split: [m.text for m in s.movies] for split, s in selections.items()}
-    posters = [load_image(m) for m in selections[ALIGNMENT_SPLIT].movies] if vision else []
+    movies = selections[ALIGNMENT_SPLIT].movies if vision else []
+    posters = ImageSequence(lambda i: load_image(movies[i]), range(len(movies)))  # read as used
     if ray is not None:
         from platonic.run.ray_stages import extract_on_ray
 
         return extract_on_ray(language, vision, texts, posters, settings, ray,
                               vision_levels=[ALIGNMENT_SPLIT])
     stats = RunStats()
+    sha = images_fingerprint(posters) if vision else ""  # every poster read before any model runs
     for spec in language:
         extract_language(spec, texts, settings, stats)
-    if vision:
-        sha = images_fingerprint(posters)
-        for spec in vision:
-            extract_vision(spec, posters, sha, [ALIGNMENT_SPLIT], settings, stats)
+    for spec in vision:
+        extract_vision(spec, posters, sha, [ALIGNMENT_SPLIT], settings, stats)
     return stats

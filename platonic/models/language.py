@@ -485,7 +485,7 @@ def encode_texts(lm: LanguageModel, texts: list[str], pool: str = "avg", batch_s
     token_ids = tokenize(lm, texts, max_length)
     lengths = [len(ids) for ids in token_ids]
     packed = _uses_packs(lm, token_ids, share_prefixes)
-    feats: list[torch.Tensor | None] = [None] * len(texts)
+    feats: list[torch.Tensor] = []  # [N, L, D], allocated at the first batch
     loss_sum = torch.full((len(texts),), math.nan)
     counts = torch.zeros(len(texts), dtype=torch.long)
     result = TextFeatures(torch.empty(0), {})
@@ -512,7 +512,7 @@ def encode_texts(lm: LanguageModel, texts: list[str], pool: str = "avg", batch_s
             bar.update(len(batch))
             if on_done is not None:
                 on_done(len(batch))
-    result.feats = torch.stack(feats)  # type: ignore[arg-type]
+    result.feats = feats[0] if feats else torch.empty(0)
     result.extras = _extras(texts, lengths, loss_sum, counts, lm.causal)
     return result
 
@@ -523,11 +523,14 @@ def _packs(token_ids: list[list[int]], size: int) -> list[list[int]]:
     return [order[start:start + size] for start in range(0, len(order), size)]
 
 
-def _scatter(batch: list[int], pieces: list[tuple], feats: list, loss_sum: torch.Tensor,
-             counts: torch.Tensor) -> None:
+def _scatter(batch: list[int], pieces: list[tuple], feats: list[torch.Tensor],
+             loss_sum: torch.Tensor, counts: torch.Tensor) -> None:
+    """A batch's pooled features copied to their rows of the output (`feats[0]`, allocated here
+    at the first batch): no batch is kept once copied."""
     pooled = torch.cat([p[0] for p in pieces])
-    for row, index in enumerate(batch):
-        feats[index] = pooled[row]
+    if not feats:
+        feats.append(pooled.new_empty((len(loss_sum), *pooled.shape[1:])))
+    feats[0][batch] = pooled
     if pieces[0][1] is not None:
         loss_sum[batch] = torch.cat([p[1] for p in pieces]).float()
         counts[batch] = torch.cat([p[2] for p in pieces])

@@ -17,7 +17,7 @@ convolution (`fold_batch_norms`): the same features to fp32 rounding, in under h
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -285,26 +285,29 @@ def fold_batch_norms(vm: VisionModel, x: torch.Tensor) -> int:
     return len(pairs)
 
 
-def encode_images(vm: VisionModel, images: list[Image.Image], batch_size: int = 32,
+def encode_images(vm: VisionModel, images: Sequence[Image.Image], batch_size: int = 32,
                   desc: str = "images", cpu_layout: bool = False,
-                  on_done: Callable[[int], None] | None = None) -> ImageFeatures:
+                  on_done: Callable[[int], None] | None = None,
+                  dtype: torch.dtype = torch.float32) -> ImageFeatures:
     """Per-layer features of every image, in order; halves the batch on out-of-memory.
     `cpu_layout`: channels-last, at most `CPU_BATCH` images a pass (see the module's notes);
-    `on_done(n)` is called as each batch of n images is done (an overall progress bar)."""
+    `on_done(n)` is called as each batch of n images is done (an overall progress bar).
+    Images are read (a lazy sequence decodes them then) and transformed one batch at a time,
+    and each batch's features are written into the output, [N, L, max D] in `dtype`, allocated
+    at the first batch: memory holds that array, one batch and the model, whatever N."""
     device = next(vm.model.parameters()).device
-    dtype = next(vm.model.parameters()).dtype
+    model_dtype = next(vm.model.parameters()).dtype
     layout = torch.channels_last if cpu_layout else torch.contiguous_format
     if cpu_layout:
         probe = images[:2]
-        fold_batch_norms(vm, torch.stack([vm.transform(img.convert("RGB")) for img in probe]).to(device, dtype))
+        fold_batch_norms(vm, torch.stack([vm.transform(img.convert("RGB")) for img in probe]).to(device, model_dtype))
         vm.model.to(memory_format=layout)
-    rows: list[list[torch.Tensor]] = []
     result = ImageFeatures(torch.empty(0), [])
     start, size = 0, min(batch_size, CPU_BATCH) if cpu_layout else batch_size
     with tqdm(total=len(images), desc=desc, unit="img", leave=False) as bar:
         while start < len(images):
             chunk = images[start:start + size]
-            x = torch.stack([vm.transform(img.convert("RGB")) for img in chunk]).to(device, dtype)
+            x = torch.stack([vm.transform(img.convert("RGB")) for img in chunk]).to(device, model_dtype)
             x = x.contiguous(memory_format=layout)
             try:
                 layers = layer_features(vm, x)
@@ -315,14 +318,22 @@ def encode_images(vm: VisionModel, images: list[Image.Image], batch_size: int = 
                 tqdm.write(f"out of memory: batch size now {size}")
                 torch.cuda.empty_cache()
                 continue
-            rows.append(layers)
+            if not result.layer_dims:
+                result.layer_dims = [layer.shape[1] for layer in layers]
+                result.feats = torch.zeros(len(images), len(layers), max(result.layer_dims), dtype=dtype)
+            write_rows(result.feats, start, layers)
             result.forward_passes += 1
             result.batch_sizes.append(len(chunk))
             start += len(chunk)
             bar.update(len(chunk))
             if on_done is not None:
                 on_done(len(chunk))
-    per_layer = [torch.cat([batch[k] for batch in rows]) for k in range(len(rows[0]))]
-    result.layer_dims = [layer.shape[1] for layer in per_layer]
-    result.feats = stack_layers(per_layer)
     return result
+
+
+def write_rows(feats: torch.Tensor, start: int, layers: list[torch.Tensor]) -> None:
+    """Put one batch's [B, D_l] layers at rows start.. of [N, L, max D] `feats` (converted to its
+    dtype; the columns past D_l stay zero: `stack_layers`' padding). Copies: a layer may be a
+    view of a whole [B, tokens, D] block output (a ViT's CLS token), which must not be kept."""
+    for k, layer in enumerate(layers):
+        feats[start:start + layer.shape[0], k, :layer.shape[1]] = layer

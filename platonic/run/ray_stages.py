@@ -9,8 +9,9 @@ mix of the two after a crash leave identical outputs.
   them by `device_map="auto"`, as the local loader does on CUDA. The captions and the images go
   to the object store once and are shared by every task.
 - Alignment: one task per (level, x model) scores that model against every y model still to do;
-  each y feature file's kernels are built once by a task of their own (once for all levels when
-  the file is the same, as vision features are) and shared through the object store. The driver
+  each y feature file's kernels (its kNN lists, read layer by layer from the file) are built
+  once by a task of their own (once for all levels when the file is the same, as vision
+  features are) and shared through the object store. The driver
   writes a level's result (atomically) as soon as its last task is in.
 """
 
@@ -18,13 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import ray
 from PIL import Image
 
-from platonic.core.alignment import LayerKernels, load_kernels
+from platonic.core.alignment import LayerKernels, load_kernels, precompute
 from platonic.errors import PlatonicError
 from platonic.io.fingerprints import images_fingerprint
 from platonic.io.storage import Level
@@ -87,7 +89,7 @@ def model_gpus(spec: ModelSpec, settings: Settings, gpu_memory_gb: float) -> int
 # ---- extraction -------------------------------------------------------------------------------
 
 def extract_model(spec: ModelSpec, texts_by_level: dict[Level, list[str]],
-                  images: list[Image.Image], images_sha: str, vision_levels: list[Level],
+                  images: Sequence[Image.Image], images_sha: str, vision_levels: list[Level],
                   settings: Settings, requested_device: str | None) -> RunStats:
     """One model at every level (a vision model at `vision_levels`), on this task's device
     (the body of an extraction task)."""
@@ -116,7 +118,7 @@ def extraction_outputs(spec: ModelSpec, levels: list[Level], settings: Settings)
 
 
 def extract_on_ray(language_specs: list[ModelSpec], vision_specs: list[ModelSpec],
-                   texts_by_level: dict[Level, list[str]], images: list[Image.Image],
+                   texts_by_level: dict[Level, list[str]], images: Sequence[Image.Image],
                    settings: Settings, ray_settings: RaySettings,
                    vision_levels: list[Level] | None = None) -> RunStats:
     """`extract.run` as one Ray task per model, largest first (they take longest). Vision
@@ -164,9 +166,12 @@ def check_fits(requests: dict[str, int]) -> None:
 
 # ---- alignment --------------------------------------------------------------------------------
 
-def kernels_of(path: str, precise: bool, requested_device: str | None) -> LayerKernels:
-    """One y feature file's kernels (the body of a kernel task), on the CPU for the object store."""
-    return load_kernels(path, task_device(requested_device), precise).to("cpu")
+def kernels_of(path: str, precise: bool, requested_device: str | None, metric: str,
+               topk: int | None) -> LayerKernels:
+    """One y feature file's kernels with what every pair reuses (its kNN lists for the kNN
+    metrics; the body of a kernel task), on the CPU for the object store."""
+    kernels = load_kernels(path, task_device(requested_device), precise)
+    return precompute(kernels, metric, topk).to("cpu")
 
 
 def score_row(path_x: str, fingerprint_x: str, kernels_y: list[tuple[int, str, Any]],
@@ -215,7 +220,7 @@ def measure_on_ray(settings: measure.Settings, ray_settings: RaySettings) -> Non
             if fingerprint not in kernel_refs:
                 task = session.task(kernels_of, num_gpus=gpus, name=f"kernels {path.name}")
                 kernel_refs[fingerprint] = task.remote(str(path.resolve()), settings.precise,
-                                                       device)
+                                                       device, settings.metric, settings.topk)
             return kernel_refs[fingerprint]
 
         tasks = []

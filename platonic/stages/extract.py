@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from platonic.data.datasets import PairedData
+from platonic.data.datasets import ImageSequence, PairedData
 from platonic.data.level_sources import file_levels, rule_levels
 from platonic.data.noise import add_noise
 from platonic.errors import PlatonicError
@@ -208,12 +208,21 @@ def _extract_language(spec: ModelSpec, texts_by_level: dict[Level, list[str]], t
     lm = load(spec, settings.device, settings.compute_dtype, settings.qlora, settings.padding_side,
               settings.force_download)
     stats.loads[spec.id] += 1
-    _encode_levels(lm, spec, {lv: texts_by_level[lv] for lv in todo}, todo, settings, stats, progress)
+    _encode_levels(lm, spec, texts_by_level, todo, settings, stats, progress)
 
 
 def distinct_texts(texts_by_level: dict[Level, list[str]], levels: Iterable[Level]) -> list[str]:
     """Every caption of these levels once, in order of first appearance."""
     return list(dict.fromkeys(t for level in levels for t in texts_by_level[level]))
+
+
+def captions_to_encode(texts_by_level: dict[Level, list[str]], todo: LanguageTodo,
+                       settings: Settings) -> int:
+    """How many captions a language model encodes for these `todo` levels (with prefix packs,
+    every level's: see `_encode_levels`)."""
+    if not todo:
+        return 0
+    return len(distinct_texts(texts_by_level, texts_by_level if settings.share_prefixes else todo))
 
 
 def _show(progress: tqdm | None, model_id: str, what: str) -> None:
@@ -236,21 +245,27 @@ Memo = dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]]  # caption -> fea
 def _encode_levels(lm: language.LanguageModel, spec: ModelSpec, texts_by_level: dict[Level, list[str]],
                    todo: LanguageTodo, settings: Settings, stats: RunStats,
                    progress: tqdm | None = None) -> None:
-    """Encode level by level, writing each at once; a caption seen before is not encoded again.
-    With `settings.share_prefixes`, every level's distinct captions are encoded first, in one
-    call (prefix packs then share across levels), and the levels written after."""
+    """Encode the `todo` levels one by one, writing each at once; a caption seen before is not
+    encoded again. With `settings.share_prefixes`, the distinct captions of every level (also
+    the current ones) are encoded first, in one call, and the levels written after: a caption's
+    prefix pack, and so its features and loss to the last bit, then depend only on the inputs,
+    never on which levels a crash or a lost file left to redo."""
     memo: Memo = {}
+    texts_by_level = texts_by_level if settings.share_prefixes else {
+        level: texts_by_level[level] for level in todo}
     last_use = _last_use(texts_by_level)
     if settings.share_prefixes:
         _show(progress, spec.id, f"{len(texts_by_level)} levels at once")
         _encode_into(memo, lm, spec, distinct_texts(texts_by_level, texts_by_level), "captions",
                      settings, stats, progress)
     for step, (level, texts) in enumerate(texts_by_level.items()):
+        if level not in todo:
+            continue
         new = list(dict.fromkeys(t for t in texts if t not in memo))
         if new:
             _show(progress, spec.id, f"level {level}")
             _encode_into(memo, lm, spec, new, f"level {level}", settings, stats, progress)
-        feats = torch.stack([memo[t][0] for t in texts]).to(settings.storage_dtype)
+        feats = _rows_as(memo, texts, settings.storage_dtype)
         _check_finite(feats, spec.id, level, list(range(len(texts))), settings.dtype)
         extras = {k: torch.stack([memo[t][1][k] for t in texts]) for k in memo[texts[0]][1]}
         path, fingerprint = todo[level]
@@ -260,6 +275,16 @@ def _encode_levels(lm: language.LanguageModel, spec: ModelSpec, texts_by_level: 
         save_features(path, feats, meta, extras)
         stats.written.append(path)
         memo = {t: v for t, v in memo.items() if last_use[t] > step}
+
+
+def _rows_as(memo: Memo, texts: list[str], dtype: torch.dtype) -> torch.Tensor:
+    """The texts' features, [N, L, D], made directly in the storage dtype (no float32 copy of
+    the whole level beside the memo)."""
+    first = memo[texts[0]][0]
+    feats = torch.empty(len(texts), *first.shape, dtype=dtype)
+    for row, text in enumerate(texts):
+        feats[row] = memo[text][0]
+    return feats
 
 
 def _encode_into(memo: Memo, lm: language.LanguageModel, spec: ModelSpec, texts: list[str],
@@ -291,8 +316,10 @@ def vision_fingerprint(spec: ModelSpec, settings: Settings, images_sha: str) -> 
     })
 
 
-def noisy_images(images: list[Image.Image], settings: Settings) -> list[Image.Image]:
-    return [add_noise(img, settings.noise_percentage, settings.noise_seed, i) for i, img in enumerate(images)]
+def noisy_images(images: Sequence[Image.Image], settings: Settings) -> ImageSequence:
+    """The images as the models see them, each perturbed as it is read (none held)."""
+    return ImageSequence(lambda i: add_noise(images[i], settings.noise_percentage,
+                                             settings.noise_seed, i), range(len(images)))
 
 
 def link_or_copy(source: Path, target: Path) -> None:
@@ -330,14 +357,14 @@ def vision_todo(spec: ModelSpec, images_sha: str, levels: list[Level], settings:
     return VisionTodo(fingerprint, current, [p for p in paths if p not in current])
 
 
-def extract_vision(spec: ModelSpec, images: list[Image.Image], images_sha: str, levels: list[Level],
+def extract_vision(spec: ModelSpec, images: Sequence[Image.Image], images_sha: str, levels: list[Level],
                    settings: Settings, stats: RunStats, progress: tqdm | None = None) -> None:
     """Features of one vision model, encoded once and placed in every level's folder."""
     _place_vision(spec, images, images_sha, vision_todo(spec, images_sha, levels, settings, stats),
                   settings, stats, progress)
 
 
-def _place_vision(spec: ModelSpec, images: list[Image.Image], images_sha: str, todo: VisionTodo,
+def _place_vision(spec: ModelSpec, images: Sequence[Image.Image], images_sha: str, todo: VisionTodo,
                   settings: Settings, stats: RunStats, progress: tqdm | None) -> None:
     if not todo.missing:
         return
@@ -348,7 +375,7 @@ def _place_vision(spec: ModelSpec, images: list[Image.Image], images_sha: str, t
         stats.written.append(path)
 
 
-def _encode_vision(spec: ModelSpec, images: list[Image.Image], images_sha: str, fingerprint: str,
+def _encode_vision(spec: ModelSpec, images: Sequence[Image.Image], images_sha: str, fingerprint: str,
                    path: Path, settings: Settings, stats: RunStats, progress: tqdm | None) -> Path:
     _show(progress, spec.id, "loading")
     vm = vision.load_vision_model(spec, settings.device, settings.compute_dtype)
@@ -356,10 +383,11 @@ def _encode_vision(spec: ModelSpec, images: list[Image.Image], images_sha: str, 
     _show(progress, spec.id, "images")
     out = vision.encode_images(vm, images, settings.batch_size, desc=spec.id,
                                cpu_layout=settings.cpu_vision,
-                               on_done=progress.update if progress is not None else None)
+                               on_done=progress.update if progress is not None else None,
+                               dtype=settings.storage_dtype)
     stats.forward_passes[spec.id] += out.forward_passes
     stats.images_encoded += len(images)
-    feats = out.feats.to(settings.storage_dtype)
+    feats = out.feats
     _check_finite(feats, spec.id, None, list(range(len(images))), settings.dtype)
     meta = _base_meta(spec, settings, VISION_POOL, None, vm.num_params, fingerprint, {
         "layer_dims": out.layer_dims, "noise_percentage": settings.noise_percentage,
@@ -371,7 +399,7 @@ def _encode_vision(spec: ModelSpec, images: list[Image.Image], images_sha: str, 
 # ---- a whole run ------------------------------------------------------------------------------
 
 def run(language_specs: list[ModelSpec], vision_specs: list[ModelSpec],
-        texts_by_level: dict[Level, list[str]], images: list[Image.Image],
+        texts_by_level: dict[Level, list[str]], images: Sequence[Image.Image],
         settings: Settings) -> RunStats:
     """Extract every model at every level; language levels share one load, images one pass
     (`platonic.run.ray_stages.extract_on_ray`: one Ray task per model). What is current is
@@ -391,7 +419,7 @@ def run(language_specs: list[ModelSpec], vision_specs: list[ModelSpec],
     images_sha = images_fingerprint(shown) if vision_specs else ""
     vision_plans = {spec.id: vision_todo(spec, images_sha, levels, settings, stats)
                     for spec in vision_specs}
-    samples = (sum(len(distinct_texts(texts_by_level, todo)) for todo in language_plans.values())
+    samples = (sum(captions_to_encode(texts_by_level, todo, settings) for todo in language_plans.values())
                + sum(len(shown) for todo in vision_plans.values() if todo.encodes))
     with tqdm(total=samples, desc="extract (all models)", unit="sample", smoothing=0,
               disable=samples == 0) as progress:

@@ -214,3 +214,24 @@ def test_local_imagefolder(tmp_path):
     assert sorted(data.texts) == ["other 0", "other 1", "other 2"] and len(data.images) == 3
     with pytest.raises(PlatonicError, match="caption_idx 5"):
         load_data(str(tmp_path), None, None, caption_idx=5)
+
+
+def test_embedded_images_are_rendered_as_read():
+    """`load_data`'s images: a lazy sequence (len, index, negative index, slice, iteration) giving
+    the rendered images, none rendered before being read."""
+    from platonic.data.datasets import ImageSequence
+
+    data = load_data("embedded", "seed0", 6)
+    expected = [img.tobytes() for img in embedded.images(6)]
+    assert isinstance(data.images, ImageSequence) and len(data.images) == 6
+    assert [img.tobytes() for img in data.images] == expected
+    assert data.images[-1].tobytes() == expected[5]
+    part = data.images[1:5:2]
+    assert len(part) == 2 and [img.tobytes() for img in part] == [expected[1], expected[3]]
+    assert part[-1].tobytes() == expected[3]
+    with pytest.raises(IndexError):
+        data.images[6]
+    reads = []
+    lazy = ImageSequence(lambda i: reads.append(i) or embedded.images(1)[0], range(4))
+    assert len(lazy[::-1]) == 4 and reads == []
+    assert next(iter(lazy[2:])) is not None and reads == [2]

@@ -314,9 +314,26 @@ def test_cpu_extraction_packs_every_level_at_once(tmp_path, monkeypatch, tiny_ll
         torch.testing.assert_close(after.extras["loss"], before.extras["loss"], atol=1e-6, rtol=1e-5)
 
 
+def test_a_lost_level_is_remade_to_the_same_bytes_with_prefix_packs(tmp_path, tiny_llama_dir):
+    """A level made again alone (its file lost, or a crash before it was written) is packed
+    with the captions of every level as in the first run, so its file comes back byte for byte:
+    packed alone, its captions would share other prefixes and differ in the last bits."""
+    settings = _settings(tmp_path, dtype="float32")
+    first = RunStats()
+    extract_language(_spec(tiny_llama_dir), _shared_levels(), settings, first)
+    made = {p: p.read_bytes() for p in first.written}
+    lost = first.written[1]
+    lost.unlink()
+    again = RunStats()
+    extract_language(_spec(tiny_llama_dir), _shared_levels(), settings, again)
+    assert again.written == [lost] and len(again.reused) == 2
+    assert {p: p.read_bytes() for p in first.written} == made
+
+
 def test_one_progress_bar_counts_every_caption_and_image(tmp_path, monkeypatch, tiny_llama_dir):
-    """The overall bar's total is the work left: each distinct caption once per language model,
-    the images once per vision model, nothing for files already current; it ends full."""
+    """The overall bar's total is the work left: each distinct caption once per language model
+    with a level to make, the images once per vision model, nothing for models whose files are
+    all current; it ends full."""
     bars = []
 
     class Recorder(extract.tqdm):
@@ -332,7 +349,8 @@ def test_one_progress_bar_counts_every_caption_and_image(tmp_path, monkeypatch, 
     bars.clear()
     levels = {**_shared_levels(), 70: ["A new caption.", "Another new one."] + SHARED_PREFIX_CAPTIONS[:4]}
     extract.run([_spec(tiny_llama_dir)], [vit], levels, images, settings)
-    assert [(bar.total, bar.n) for bar in bars] == [(6, 6)]  # level 70's captions; images linked
+    # level 70's file only, but packed with every level's 9 distinct captions; images linked
+    assert [(bar.total, bar.n) for bar in bars] == [(9, 9)]
 
 
 def test_cpu_layout_gives_the_plain_features_in_small_channels_last_passes(monkeypatch):
@@ -589,3 +607,98 @@ def test_file_hashes_are_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
     assert identity.file_sha256(weights) == sha256_file(weights) and len(calls) == 1
     weights.write_bytes(b"two!")
     assert identity.file_sha256(weights) == sha256_file(weights) and len(calls) == 2
+
+
+# ---- streaming: images read and features written one batch at a time ---------------------------
+
+def _old_way_features(spec: ModelSpec, images: list, batch_size: int) -> tuple[torch.Tensor, list[int]]:
+    """Today's (before streaming) vision pass over a list of images: every batch's layers kept,
+    concatenated and zero-padded at the end, then cast to bfloat16."""
+    from platonic.models.vision import layer_features, stack_layers
+
+    vm = load_vision_model(spec)
+    batches = [layer_features(vm, torch.stack([vm.transform(img.convert("RGB")) for img in
+                                                images[i:i + batch_size]]))
+               for i in range(0, len(images), batch_size)]
+    per_layer = [torch.cat([batch[k] for batch in batches]) for k in range(len(batches[0]))]
+    return stack_layers(per_layer).to(torch.bfloat16), [layer.shape[1] for layer in per_layer]
+
+
+def _sha256_of_images(images: list) -> str:
+    """The images' fingerprint by hand: per image, its mode, size and pixels, each part as JSON
+    (the pixels as raw bytes) followed by a zero byte."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    for img in images:
+        for part in (json.dumps(img.mode).encode(), json.dumps(list(img.size)).encode(), img.tobytes()):
+            h.update(part + b"\x00")
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("model", ["test_vit", "test_efficientnet"])
+def test_streamed_extraction_writes_what_a_list_of_images_gave(tmp_path, model):
+    """Lazy images (embedded scenes, perturbed as read) through the streamed pass: the file's
+    features are bitwise those of the old whole-list pass (a batch written at the wrong rows,
+    a layer padded wrongly or a lost last partial batch would differ) and its fingerprint is
+    that of the images as the model saw them (a noise seeded by batch, not by index, differs)."""
+    from platonic.data import embedded
+    from platonic.data.datasets import load_data
+    from platonic.data.noise import add_noise
+
+    spec = ModelSpec(model, VISION, "test", "tiny", options={"random_init_seed": 0})
+    data = load_data("embedded", "seed0", 7)
+    settings = Settings(output_dir=str(tmp_path / "out"), dataset="embedded", subset="seed0",
+                        batch_size=3, noise_percentage=30, noise_seed=1, cpu_fast_paths=False)
+    stats = extract.run([], [spec], {None: data.texts}, data.images, settings)
+    shown = [add_noise(img, 30, 1, i) for i, img in enumerate(embedded.images(7))]
+    expected, dims = _old_way_features(spec, shown, 3)
+    written = load_features(stats.written[0])
+    assert written.feats.dtype == torch.bfloat16 and torch.equal(written.feats, expected)
+    assert read_meta(stats.written[0])["layer_dims"] == dims
+    assert read_meta(stats.written[0])["images_sha256"] == _sha256_of_images(shown)
+
+
+def test_the_images_fingerprint_is_unchanged_and_streams():
+    """Recorded with the code before streaming: a changed fingerprint would remake every
+    user's vision features; a generator is hashed as it is read."""
+    from platonic.data import embedded
+    from platonic.data.noise import add_noise
+    from platonic.io.fingerprints import images_fingerprint
+
+    images = embedded.images(3, image_size=32)
+    plain = "d427fb1a259a4ba5c845b1bea6179cb50147eba19cef4c1740b26d68f07b18ce"
+    noisy = "854fe321b6d42a46cf696b43059664a2bdc9a5451954e1745d0c9ab632dfeebe"
+    assert images_fingerprint(images) == plain == _sha256_of_images(images)
+    assert images_fingerprint(add_noise(img, 30, 1, i) for i, img in enumerate(images)) == noisy
+
+
+def test_a_pass_keeps_no_batch_once_it_is_written(monkeypatch):
+    """A ViT's CLS token is a view of its block's whole [B, tokens, D] output: a pass that kept
+    each batch's layers until the end held every block output of every image (3 MB an image
+    for a ViT-tiny, 23 GB at N = 8,192). Counted with weak references to the blocks."""
+    import gc
+    import weakref
+
+    from platonic.models import vision
+
+    spec = ModelSpec("test_vit", VISION, "test", "tiny", options={"random_init_seed": 0})
+    blocks: list[weakref.ref] = []
+    layer_features = vision.layer_features
+
+    def as_views(vm, x):
+        whole = torch.stack(layer_features(vm, x), dim=1).unsqueeze(2).repeat(1, 1, 50, 1)
+        blocks.append(weakref.ref(whole))
+        return [whole[:, k, 0] for k in range(whole.shape[1])]
+
+    alive = []
+
+    def count(_n):
+        gc.collect()
+        alive.append(sum(ref() is not None for ref in blocks))
+
+    monkeypatch.setattr(vision, "layer_features", as_views)
+    out = encode_images(load_vision_model(spec), _images(9), batch_size=2, on_done=count)
+    assert out.batch_sizes == [2, 2, 2, 2, 1] and max(alive) <= 1
+    assert out.feats.untyped_storage().nbytes() == out.feats.numel() * out.feats.element_size()
