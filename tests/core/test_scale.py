@@ -246,3 +246,24 @@ def test_a_streamed_file_with_nan_or_changed_bytes_is_refused(tmp_path, monkeypa
         load_kernels(path)
     with pytest.raises(metrics.PlatonicError, match="do not match their recorded SHA-256"):
         features.verified_fingerprint(path)
+
+
+@pytest.mark.parametrize("dense_bytes", [0, 64 << 20], ids=["searched", "table"])
+def test_member_table_lookups_against_plain_sets(monkeypatch, dense_bytes):
+    """Both ways of looking pairs up (binary search of the sorted keys; an N x N table of bits
+    for small N) say, per candidate, exactly whether (i, j) is in that candidate's lists, also
+    for pairs that are in no list; checked against Python sets."""
+    monkeypatch.setattr(neighbours, "DENSE_TABLE_BYTES", dense_bytes)
+    gen = torch.Generator().manual_seed(3)
+    count, n, k = 11, 40, 5  # 11 candidates: the bits span two bytes
+    knn = torch.stack([torch.stack([torch.randperm(n, generator=gen)[:k] for _ in range(n)])
+                       for _ in range(count)])
+    table = neighbours.MemberTable(knn)
+    assert (table.dense is not None) == (dense_bytes > 0)
+    rows = torch.randint(0, n, (300,), generator=gen)
+    cols = torch.randint(0, n, (300,), generator=gen)
+    got = table.lookup(rows, cols)
+    pairs = [{(i, int(j)) for i in range(n) for j in knn[c, i]} for c in range(count)]
+    expected = torch.tensor([[int((int(r), int(q)) in pairs[c]) for c in range(count)]
+                             for r, q in zip(rows, cols, strict=True)], dtype=torch.uint8)
+    assert torch.equal(got, expected) and 0 < int(expected.sum()) < expected.numel()
