@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -20,7 +19,6 @@ LEVEL_PLACEHOLDER = "{}"
 # dataset such as a split ("test"), or neither (None).
 Level = int | str | None
 CACHE_ENV = "PLATONIC_CACHE"
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def cache_root() -> Path:
@@ -36,22 +34,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = None
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    try:  # a stop held until the file exists and is ours to remove (else it could be left)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        tmp_path = Path(tmp)
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
         yield tmp_path
         if not tmp_path.is_symlink() and tmp_path.stat().st_nlink == 1:
             os.chmod(tmp_path, 0o666 & ~current_umask())  # mkstemp made it private (0600)
         os.replace(tmp_path, path)
     finally:
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # a second stop waits for this
-        if tmp_path is not None:
-            tmp_path.unlink(missing_ok=True)
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        tmp_path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -5,9 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import signal
-import tempfile
 
 import numpy as np
 import pytest
@@ -34,22 +31,6 @@ from platonic.io.results import (
     save_result,
 )
 from platonic.io.storage import atomic_path, level_dir
-
-
-def test_a_stop_just_after_the_temporary_file_is_made_leaves_nothing(tmp_path, monkeypatch):
-    """Ctrl-C landing right after the temporary file exists (before the write's `try`) is held
-    until the file is ours to remove: the write stops, and no temporary file stays behind."""
-    real_mkstemp = tempfile.mkstemp
-
-    def mkstemp_then_stop(*args, **kwargs):
-        made = real_mkstemp(*args, **kwargs)
-        os.kill(os.getpid(), signal.SIGINT)
-        return made
-
-    monkeypatch.setattr(tempfile, "mkstemp", mkstemp_then_stop)
-    with pytest.raises(KeyboardInterrupt), atomic_path(tmp_path / "out.json") as tmp:
-        tmp.write_text("never reached")
-    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
