@@ -232,15 +232,22 @@ def _knn_grid(kx: LayerKernels, ky: LayerKernels, topk: int,
     return grid
 
 
-def mutual_counts(members_x: MemberTable, knn_y: torch.Tensor) -> torch.Tensor:
+def mutual_counts(members_x: MemberTable, knn_y: torch.Tensor,
+                  inverse: torch.Tensor | None = None) -> torch.Tensor:
     """[Lx + 1, Ly + 1] int64: Σ_i |kNN_x,a(i) ∩ kNN_y,b(i)| for every candidate pair, from
-    lookups of y's lists in x's table (a few y candidates at a time: 256 MiB of hits at most)."""
+    lookups of y's lists in x's table (a few y candidates at a time: 256 MiB of hits at most).
+
+    `inverse`: of a permutation pi of y's rows; the counts are then those of y's permuted lists
+    (row i holds pi^-1 of row pi(i)'s list), summed over j = pi(i): each pair (j, c) of y's
+    lists is looked up as (pi^-1(j), pi^-1(c)), so no list is permuted."""
     counts = torch.empty(members_x.count, len(knn_y), dtype=torch.int64, device=knn_y.device)
     step = max(1, (256 << 20) // (knn_y[0].numel() * members_x.count))
     for start in range(0, len(knn_y), step):
-        part = knn_y[start:start + step]
-        hits = members_x.lookup(own_rows(part).expand_as(part), part)
-        counts[:, start:start + step] = hits.sum(dim=(1, 2), dtype=torch.int64).T
+        cols = knn_y[start:start + step]
+        rows = torch.arange(knn_y.shape[1], device=knn_y.device)[:, None]
+        if inverse is not None:
+            rows, cols = inverse[rows], inverse[cols]
+        counts[:, start:start + step] = members_x.pair_counts(rows, cols)
     return counts
 
 

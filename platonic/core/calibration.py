@@ -44,7 +44,13 @@ import torch
 
 from platonic.core import hsic, metrics
 from platonic.core.alignment import LayerKernels, best_of_grid, mutual_counts, score_grid
-from platonic.core.neighbours import MemberTable, Neighbours, one_cpu_thread, own_rows, permute_knn
+from platonic.core.neighbours import (
+    MemberTable,
+    Neighbours,
+    inverse_permutation,
+    one_cpu_thread,
+    own_rows,
+)
 from platonic.errors import PlatonicError
 from platonic.io.results import Calibration
 
@@ -111,7 +117,7 @@ def mutual_knn_null(kx: LayerKernels, ky: LayerKernels, topk: int,
     out = np.empty(len(perms))
     with one_cpu_thread(knn_y.device):
         for p, perm in enumerate(perms.to(knn_y.device)):
-            counts = mutual_counts(members, permute_knn(knn_y, perm))
+            counts = mutual_counts(members, knn_y, inverse_permutation(perm))
             out[p] = grid_max((counts.double() / (kx.n * topk)).cpu().numpy())
     return out
 

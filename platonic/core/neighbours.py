@@ -113,9 +113,13 @@ class Neighbours:
 
 def permute_knn(knn: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     """Neighbour lists [..., N, k] of the samples reordered by `perm` (row i = old row perm[i])."""
+    return inverse_permutation(perm)[knn[..., perm, :]]
+
+
+def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
     inverse = torch.empty_like(perm)
     inverse[perm] = torch.arange(len(perm), device=perm.device)
-    return inverse[knn[..., perm, :]]
+    return inverse
 
 
 def top_neighbours(sim: torch.Tensor, start: int, norms: torch.Tensor | None, topk: int,
@@ -196,16 +200,36 @@ class MemberTable:
             self.dense = torch.zeros(n * n, self.bits.shape[1], dtype=torch.uint8, device=knn.device)
             self.dense[self.keys] = self.bits
 
-    def lookup(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        """[*rows.shape, C] uint8, 1 where (rows, cols) is among a candidate's pairs."""
+    def packed(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """[M, C / 8 rounded up] uint8: the candidate bits of each pair (rows, cols) (`rows`
+        broadcast against `cols`; M pairs once flattened)."""
         queries = (rows * self.n + cols).flatten()
         if self.dense is not None:
-            packed = self.dense[queries]
-        else:
-            pos = torch.searchsorted(self.keys, queries).clamp_(max=len(self.keys) - 1)
-            packed = self.bits[pos] * (self.keys[pos] == queries).unsqueeze(1)
+            return torch.index_select(self.dense, 0, queries)
+        pos = torch.searchsorted(self.keys, queries).clamp_(max=len(self.keys) - 1)
+        return self.bits[pos] * (self.keys[pos] == queries).unsqueeze(1)
+
+    def lookup(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """[*shape, C] uint8 (rows and cols broadcast to `shape`), 1 where (rows, cols) is among
+        a candidate's pairs."""
+        rows, cols = torch.broadcast_tensors(rows, cols)  # (torch.broadcast_shapes imports sympy)
+        packed = self.packed(rows, cols)
         unpacked = ((packed.unsqueeze(-1) >> self.shifts) & 1).flatten(1)[:, :self.count]
         return unpacked.view(*rows.shape, self.count)
+
+    def pair_counts(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """[C, G] int64: for the pairs (rows, cols) of `cols`' shape [G, ...] (`rows` broadcast
+        against it), how many of each group's pairs each candidate holds. Counted from a
+        histogram of the packed bytes (one bincount), not by unpacking every pair's C bits: the
+        null counts (Ly + 1) N k pairs per permutation."""
+        groups, width = len(cols), self.bits.shape[1]
+        packed = self.packed(rows, cols).view(groups, -1, width)
+        slots = torch.arange(groups * width, dtype=torch.int32, device=packed.device) << 8
+        histogram = torch.bincount((packed.int() + slots.view(groups, 1, width)).flatten(),
+                                   minlength=groups * width * 256)
+        bits = (torch.arange(256, device=packed.device)[:, None] >> self.shifts.long()) & 1
+        counts = histogram.view(groups, width, 256).double() @ bits.double()  # [G, bytes, 8]
+        return counts.flatten(1)[:, :self.count].T.long()
 
 
 @contextlib.contextmanager

@@ -267,3 +267,28 @@ def test_member_table_lookups_against_plain_sets(monkeypatch, dense_bytes):
     expected = torch.tensor([[int((int(r), int(q)) in pairs[c]) for c in range(count)]
                              for r, q in zip(rows, cols, strict=True)], dtype=torch.uint8)
     assert torch.equal(got, expected) and 0 < int(expected.sum()) < expected.numel()
+
+
+@pytest.mark.parametrize("dense_bytes", [0, 64 << 20], ids=["searched", "table"])
+def test_member_table_pair_counts_against_plain_sets(monkeypatch, dense_bytes):
+    """The histogram count of each group's pairs held by each candidate equals a count over
+    Python sets: 11 candidates, so a bit read from the wrong byte or shift, or a group's pairs
+    counted in another group's column, changes some count."""
+    monkeypatch.setattr(neighbours, "DENSE_TABLE_BYTES", dense_bytes)
+    gen = torch.Generator().manual_seed(5)
+    count, n, k, groups = 11, 30, 4, 3
+    knn = torch.stack([torch.stack([torch.randperm(n, generator=gen)[:k] for _ in range(n)])
+                       for _ in range(count)])
+    table = neighbours.MemberTable(knn)
+    rows = torch.randint(0, n, (groups, 50, 2), generator=gen)
+    cols = torch.where(torch.rand(groups, 50, 2, generator=gen) < 0.5,
+                       knn[torch.randint(0, count, (groups, 50, 2), generator=gen), rows,
+                           torch.randint(0, k, (groups, 50, 2), generator=gen)],
+                       torch.randint(0, n, (groups, 50, 2), generator=gen))
+    pairs = [{(i, int(j)) for i in range(n) for j in knn[c, i]} for c in range(count)]
+    expected = torch.tensor([[sum((int(r), int(q)) in pairs[c]
+                                  for r, q in zip(rows[g].flatten(), cols[g].flatten(), strict=True))
+                              for g in range(groups)] for c in range(count)])
+    got = table.pair_counts(rows, cols)
+    assert got.dtype == torch.int64 and torch.equal(got, expected)
+    assert len(set(expected.flatten().tolist())) > 5
