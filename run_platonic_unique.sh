@@ -31,7 +31,7 @@ Each option may also be given as an environment variable of the same name in cap
   --topk K             neighbours for kNN metrics (default: 10)
   --null N             permutations of the null distribution of every score (chance band,
                        p-values, calibrated scores; default: 100; 0: off)
-  --num_samples N      first N image-caption pairs (default: all; embedded: 512)
+  --num_samples N      first N image-caption pairs (default: all; embedded: 256)
   --device NAME        cpu, cuda, cuda:1 (default: cuda if available)
   --batch_size N       captions/images per forward pass (default: 32)
   --plot_dir DIR       figures, tidy CSV and summary.md (default: BASE_DIR/plots); the plot

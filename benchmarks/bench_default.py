@@ -1,7 +1,7 @@
 """Benchmark: the default study (`bash run_platonic_unique.sh`, no options) stage by stage and
 model by model, wall and CPU time, from a warm cache or from an empty $PLATONIC_CACHE.
 
-The stages run in this process as the driver runs them: the embedded data (512 pairs, levels
+The stages run in this process as the driver runs them: the embedded data (256 pairs, levels
 0..100), extraction (each model timed alone: a language model over all 11 levels, a vision model
 once; a language model's load time also shown apart), the measure stage (mutual kNN, k = 10,
 --null 100, every level) and the plots. The driver starts one Python per stage; their start-up
@@ -102,7 +102,7 @@ def run_study(root: str, clock: Clock) -> StudySpec:
     from platonic.run import measure_alignment
 
     features, alignment = f"{root}/u={{}}_features", f"{root}/u={{}}_alignment"
-    with clock("data: render 512 pairs, captions at 11 levels"):
+    with clock("data: render 256 pairs, captions at 11 levels"):
         data = load_data("embedded", "seed0")
         captions = texts_by_level(data, list(ALL_LEVELS))
     settings = Settings(output_dir=features, dataset="embedded", subset="seed0")
@@ -120,7 +120,7 @@ def run_study(root: str, clock: Clock) -> StudySpec:
     shown = noisy_images(data.images, settings)
     sha = images_fingerprint(shown)
     for spec in get_models("demo", VISION):
-        with clock(f"extract {spec.id.rsplit('/', 1)[-1]} (512 images)"):
+        with clock(f"extract {spec.id.rsplit('/', 1)[-1]} (256 images)"):
             extract_vision(spec, shown, sha, list(ALL_LEVELS), settings, RunStats())
     with clock("measure: mutual kNN k=10, --null 100, 11 levels"):
         measure_alignment.main(["--modelset", "demo", "--dataset", "embedded", "--subset", "seed0",

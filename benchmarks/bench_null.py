@@ -6,7 +6,7 @@ with one side's samples permuted, reusing the kNN lists (`platonic.core.calibrat
 the generic path (the metric's grid on a permuted view of the kernels) and the naive way
 (the score recomputed from permuted features), both measured in the same run.
 
-Default sizes are the demo study's: N = 512 captions, x = SmolLM2 (31 hidden states x 576),
+Default sizes are the demo study's: N = 256 captions, x = SmolLM2 (31 hidden states x 576),
 y = EfficientNet-Lite2 (6 layers x 1280), mutual kNN with k = 10.
 
     python benchmarks/bench_null.py
@@ -36,7 +36,7 @@ def best_time(fn, repeats: int) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=512)
+    p.add_argument("--n", type=int, default=256)
     p.add_argument("--layers_x", type=int, default=31)
     p.add_argument("--dim_x", type=int, default=576)
     p.add_argument("--layers_y", type=int, default=6)

@@ -43,7 +43,10 @@ from platonic.models.registry import ModelSpec
 MAX_PAD_RATIO = 1.2
 # Captions are prefix-packed only when that runs at most this share of their tokens' positions.
 MAX_PACKED_RATIO = 0.8
-HEAD_ROWS = 128  # positions per language-model-head call in a prefix pack (bounds the logits' memory)
+# Nodes per language-model-head call in a prefix pack: a pack of 32 captions in one call (its
+# [rows, vocabulary] product runs about 1.3x faster per row than in 128-row calls on 2 CPU
+# cores); bounds the logits' memory (Gemma-3: 512 MiB of float32). In feature fingerprints.
+HEAD_ROWS = 512
 PROBE_TEXTS = ("A small red circle on a mat.", "A small red circle in a box.", "Two blue squares.")
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("data")
     cli_args.add_dataset_args(data)
     data.add_argument("--caption_idx", type=int, default=0, help="which caption of a caption list")
-    data.add_argument("--num_samples", type=int, default=None, help="first N pairs (embedded: N pairs, default 512)")
+    data.add_argument("--num_samples", type=int, default=None, help="first N pairs (embedded: N pairs, default 256)")
     cli_args.add_levels_arg(data, "all extracted in one pass; without it (and without "
                              "--text_percentage_perturbation) the plain captions are used and "
                              "--output_dir holds no level")

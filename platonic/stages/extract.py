@@ -166,7 +166,8 @@ def language_fingerprint(spec: ModelSpec, settings: Settings, texts: list[str],
         "max_length": settings.max_length, "qlora": settings.qlora,
         "padding_side": settings.padding_side,
         **({} if settings.next_token_loss else {"next_token_loss": False}),
-        **({"prefix_packs": True} if settings.share_prefixes else {}),
+        **({"prefix_packs": {"captions": settings.batch_size, "head_rows": language.HEAD_ROWS}}
+           if settings.share_prefixes else {}),
     })
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -376,6 +377,24 @@ def test_cpu_layout_gives_the_plain_features_in_small_channels_last_passes(monke
     torch.testing.assert_close(fast.feats, plain.feats, atol=1e-5, rtol=1e-4)
 
 
+def test_cpu_layout_leaves_a_transformer_in_plain_batches(monkeypatch):
+    """A ViT under `cpu_layout` runs the plain batches (batch size, contiguous NCHW): small
+    channels-last passes made it slower, and it has no batch norm to fold."""
+    from platonic.models import vision
+
+    spec = ModelSpec("test_vit", VISION, "test", "tiny", options={"random_init_seed": 0})
+    passes, layer_features = [], vision.layer_features
+
+    def recording(vm, x):
+        passes.append((x.shape[0], x.is_contiguous()))
+        return layer_features(vm, x)
+
+    monkeypatch.setattr(vision, "layer_features", recording)
+    out = encode_images(load_vision_model(spec), _images(vision.CPU_BATCH + 3), batch_size=32,
+                        cpu_layout=True)
+    assert out.batch_sizes == [vision.CPU_BATCH + 3] and passes == [(vision.CPU_BATCH + 3, True)]
+
+
 class _ReadTwice(torch.nn.Module):
     """A convolution whose output a residual reads besides its batch norm: folding the norm into
     it would change the residual."""
@@ -497,6 +516,20 @@ def test_noise_changes_the_vision_fingerprint(tmp_path):
     noisy = extract.run([], [spec], {0: ["a"] * 3}, images, _settings(tmp_path, noise_percentage=20))
     assert first.images_encoded == 3 and noisy.images_encoded == 3
     assert read_meta(noisy.written[0])["noise_percentage"] == 20
+
+
+def test_pack_size_is_part_of_the_language_fingerprint(tmp_path, tiny_llama_dir):
+    """With prefix packs the captions per pack (--batch_size) and the head's rows per call change
+    a caption's features and loss to rounding, so they key the file: another batch size remakes
+    it on the CPU; on a device without packs the batch size keys nothing, as before."""
+    spec, texts = _spec(tiny_llama_dir), SHARED_PREFIX_CAPTIONS[:4]
+    cpu = _settings(tmp_path, device="cpu")
+    assert cpu.share_prefixes
+    fingerprint = extract.language_fingerprint(spec, cpu, texts, {})
+    assert fingerprint != extract.language_fingerprint(spec, replace(cpu, batch_size=8), texts, {})
+    plain = replace(cpu, cpu_fast_paths=False)
+    assert extract.language_fingerprint(spec, plain, texts, {}) == extract.language_fingerprint(
+        spec, replace(plain, batch_size=8), texts, {})
 
 
 class _Planted:
