@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -30,17 +31,16 @@ def cache_root() -> Path:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
-    A crash or Ctrl-C inside the block leaves no partial file under the final name.
+    A crash or Ctrl-C inside the block leaves no partial file under the final name, and no
+    temporary file: its random name is chosen before the file is made (O_EXCL, the umask's mode),
+    inside the `try`, so a stop that lands while it is being made still removes it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = path.with_name(f".{path.name}.{secrets.token_hex(16)}.tmp")
     try:
+        os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         yield tmp_path
-        if not tmp_path.is_symlink() and tmp_path.stat().st_nlink == 1:
-            os.chmod(tmp_path, 0o666 & ~current_umask())  # mkstemp made it private (0600)
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -74,12 +74,6 @@ def atomic_dir(target: str | os.PathLike, marker: str, replace: bool = False) ->
         shutil.rmtree(previous, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -43,6 +45,33 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     with atomic_path(path) as tmp:
         tmp.write_text("new")
     assert path.read_text() == "new" and sorted(tmp_path.iterdir()) == [path]
+
+
+def test_a_stop_while_the_temporary_file_is_made_leaves_none(tmp_path, monkeypatch):
+    """Ctrl-C landing right after the temporary file is created (before any write) still removes
+    it: its name is known before it exists (a name from mkstemp came back only after, so such a
+    stop left it behind, as the SIGTERM driver test saw now and then)."""
+    made = os.open
+
+    def made_then_stopped(*args, **kwargs):
+        os.close(made(*args, **kwargs))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "open", made_then_stopped)
+    with pytest.raises(KeyboardInterrupt), atomic_path(tmp_path / "out.txt") as tmp:
+        tmp.write_text("never")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_written_file_gets_the_umask_mode(tmp_path):
+    """Not the private 0600 of a temporary file: other users read results as with open()."""
+    old = os.umask(0o027)
+    try:
+        with atomic_path(tmp_path / "out.txt") as tmp:
+            tmp.write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out.txt").stat().st_mode) == 0o640
 
 
 def test_level_folders_from_a_template_or_a_sub_folder():
