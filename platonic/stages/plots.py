@@ -325,19 +325,16 @@ def _family_figures(study: Study, summary: StudySummary, folder: Path, same_scal
     perf_ylim = _padded_range(panel_rows["score"].to_numpy()) if same_scale else None
     trend_ylim = (_padded_range(vision_level_scores(study).to_numpy().ravel())
                   if same_scale else None)
+    kinds = ((plot_performance, perf_ylim, "alignment_vs_performance",
+              "no language model has a performance; no performance plot"),
+             (plot_uniqueness, trend_ylim, "alignment_vs_uniqueness",
+              "no model pair at every level; no uniqueness plot"))
     figures: list[Path] = []
     for family in study.families():
-        name = slug(family)
-        fig = plot_performance(study, summary, family, perf_ylim)
-        if fig is None:
-            summary.notes.append(f"family {family}: no language model has a performance; "
-                                 f"no performance plot")
-        else:
-            figures += save(fig, folder / f"alignment_vs_performance_{name}")
-        fig = plot_uniqueness(study, summary, family, trend_ylim)
-        if fig is None:
-            summary.notes.append(f"family {family}: no model pair at every level; "
-                                 f"no uniqueness plot")
-        else:
-            figures += save(fig, folder / f"alignment_vs_uniqueness_{name}")
+        for plot, ylim, stem, missing in kinds:
+            fig = plot(study, summary, family, ylim)
+            if fig is None:
+                summary.notes.append(f"family {family}: {missing}")
+            else:
+                figures += save(fig, folder / f"{stem}_{slug(family)}")
     return figures
