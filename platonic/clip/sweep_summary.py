@@ -14,6 +14,7 @@ single run, that run's; on demand (`write_summaries(root)`), those of the newest
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -25,6 +26,7 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
 from platonic.clip.settings import weight_folder_name
+from platonic.core.metrics import get_metric
 from platonic.io.storage import atomic_path, read_json, write_json
 from platonic.stages.plots import save_figure
 
@@ -34,7 +36,7 @@ SUMMARY = "sweep"
 LEFT_OUT = "sweep_left_out.csv"
 JOB_RECORD = "clip_run.json"
 COLUMNS = ["clip_weight", "dev_f1", "dev_f1_macro", "test_f1", "test_f1_macro", "alignment",
-           "alignment_chance", "alignment_text_layer", "alignment_image_layer", "best_epoch",
+           "alignment_metric", "alignment_topk", "alignment_chance", "alignment_text_layer", "alignment_image_layer", "best_epoch",
            "max_epochs",
            "class_idx", "genre", "seed", "model", "checkpoint", "settings_sha256"]
 LEFT_OUT_COLUMNS = ["clip_weight", "run_dir", "settings_sha256", "reason"]
@@ -47,7 +49,9 @@ def summary_row(metrics: dict[str, Any]) -> dict[str, Any]:
         "dev_f1": metrics["dev"]["f1"], "dev_f1_macro": metrics["dev"]["f1_macro"],
         "test_f1": metrics["test"]["f1"], "test_f1_macro": metrics["test"]["f1_macro"],
         "alignment": alignment["score"],
-        "alignment_chance": alignment["topk"] / (metrics["num_align"] - 1),
+        "alignment_metric": alignment["metric"],
+        "alignment_topk": alignment["topk"],
+        "alignment_chance": chance_level(alignment, metrics["num_align"]),
         "alignment_text_layer": alignment["text_layer"],
         "alignment_image_layer": alignment["image_layer"],
         **{key: metrics[key] for key in ("best_epoch", "max_epochs", "class_idx", "genre", "seed",
@@ -113,8 +117,21 @@ def sweep_table(runs: list[dict[str, Any]]) -> pd.DataFrame:
                         ).sort_values("clip_weight", ignore_index=True)
 
 
+def chance_level(alignment: dict[str, Any], num_samples: int) -> float:
+    """Mutual kNN's expected score for unrelated towers, k / (N - 1); NaN for other metrics,
+    whose chance level has no such closed form."""
+    if alignment["metric"] != "mutual_knn":
+        return math.nan
+    return alignment["topk"] / (num_samples - 1)
+
+
+def alignment_label(metric: str, topk: Any) -> str:
+    return f"alignment ({metric}, k={topk})" if get_metric(metric).uses_topk else f"alignment ({metric})"
+
+
 def plot_sweep(table: pd.DataFrame, left_out: int = 0) -> Figure:
-    """Test F1 (positive class and macro) and mutual-kNN alignment of the towers vs clip_weight;
+    """Test F1 (positive class and macro) and the towers' alignment vs clip_weight (with mutual
+    kNN's chance level);
     the title counts the runs left out (`sweep_left_out.csv`)."""
     first = table.iloc[0]
     fig = Figure(figsize=(9, 3.6), layout="constrained")
@@ -126,9 +143,10 @@ def plot_sweep(table: pd.DataFrame, left_out: int = 0) -> Figure:
     ax_f1.set_title("genre head on the test split", fontsize=9)
     ax_f1.legend(fontsize=8)
     ax_align.plot(x, table["alignment"], "o-", color="tab:green", label="finetuned towers")
-    ax_align.axhline(first["alignment_chance"], color="grey", ls=":", label="chance, k / (N - 1)")
+    if math.isfinite(first["alignment_chance"]):
+        ax_align.axhline(first["alignment_chance"], color="grey", ls=":", label="chance, k / (N - 1)")
     ax_align.legend(fontsize=8)
-    ax_align.set_ylabel("alignment (mutual kNN, k=10)")
+    ax_align.set_ylabel(alignment_label(first["alignment_metric"], first["alignment_topk"]))
     ax_align.set_title("finetuned text vs image tower, test movies", fontsize=9)
     for ax in (ax_f1, ax_align):
         ax.set_xscale("symlog", linthresh=0.1)

@@ -295,7 +295,7 @@ def test_command_line_error_is_one_line_and_exit_status_2(tmp_path):
 # ---- sweep summary ------------------------------------------------------------------------------
 
 def _plant_run(folder: Path, weight: float, max_epochs: int, test_f1: float, written_at: int,
-               name: str | None = None) -> dict:
+               name: str | None = None, metric: str = "mutual_knn") -> dict:
     """A finished run's metrics.json as `run` writes it (only what the summary reads)."""
     from platonic.clip.settings import fingerprints, weight_folder_name
 
@@ -307,7 +307,8 @@ def _plant_run(folder: Path, weight: float, max_epochs: int, test_f1: float, wri
                "model": "CLIPSup-demo", "max_epochs": max_epochs, "best_epoch": 1,
                "num_align": 159, "dev": {"f1": 0.1, "f1_macro": 0.5},
                "test": {"f1": test_f1, "f1_macro": 0.5},
-               "alignment": {"score": 0.07, "topk": 10, "text_layer": "all", "image_layer": "all"},
+               "alignment": {"metric": metric, "score": 0.07, "topk": 10, "text_layer": "all",
+                             "image_layer": "all"},
                "checkpoint": str(run_dir / "best.ckpt"), "run_dir": str(run_dir),
                "settings": settings, "data": data,
                "config_sha256": whole, "settings_sha256": shared}
@@ -351,6 +352,26 @@ def test_sweep_summary_holds_runs_of_one_settings_and_lists_the_others(tmp_path,
     write_summary(tmp_path)
     assert [float(r["clip_weight"]) for r in table("sweep.csv")] == [0.0, 1.0]
     assert not (tmp_path / "sweep_left_out.csv").exists()  # none left out: no stale list
+
+
+@pytest.mark.parametrize("metric", ["mutual_knn", "cka"])
+def test_sweep_plot_names_the_runs_metric_and_draws_chance_only_for_mutual_knn(tmp_path, metric):
+    """The alignment axis says which metric the runs used (it was fixed to mutual kNN, k=10);
+    k / (N - 1) is mutual kNN's chance level only, so no other metric gets that line."""
+    from platonic.clip.sweep_summary import plot_sweep, sweep_runs, sweep_table
+
+    for weight in (0.0, 1.0):
+        _plant_run(tmp_path, weight, 2, 0.3, 1000, metric=metric)
+    table = sweep_table(sweep_runs(tmp_path))
+    ax = plot_sweep(table).axes[1]
+    lines = [line.get_label() for line in ax.get_lines()]
+    if metric == "mutual_knn":
+        assert ax.get_ylabel() == "alignment (mutual_knn, k=10)"
+        assert table["alignment_chance"].tolist() == [10 / 158] * 2
+        assert "chance, k / (N - 1)" in lines
+    else:
+        assert ax.get_ylabel() == "alignment (cka)"
+        assert table["alignment_chance"].isna().all() and "chance, k / (N - 1)" not in lines
 
 
 # ---- small runs on the embedded fixture ---------------------------------------------------------
