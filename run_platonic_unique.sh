@@ -41,6 +41,7 @@ Each option may also be given as an environment variable of the same name in cap
   --ray [ADDRESS]      run extract and measure as Ray tasks: 'auto' joins the running cluster
                        (after `ray start`), host:port joins that one, no value starts a local
                        Ray instance; see docs/ray.md
+  --ray_retries N      with --ray: times Ray reruns a task whose worker died (default: 3)
   -h, --help           this text
 
 Environment only: PYTHON, the interpreter used when .venv/bin/python (made by setup.sh) is
@@ -56,7 +57,7 @@ EOF
 }
 
 OPTIONS=(BASE_DIR MODELSET DATASET SUBSET CAPTIONS LEVELS METRIC TOPK NULL NUM_SAMPLES DEVICE
-  BATCH_SIZE PLOT_DIR RAY)
+  BATCH_SIZE PLOT_DIR RAY RAY_RETRIES)
 # Options whose value may be left out, and what they mean then: --ray alone, a local Ray instance.
 declare -A OPTIONAL_VALUES=([RAY]=local)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -99,7 +100,7 @@ extract() {
   [[ -n $CAPTIONS ]] && args+=(--json_perturbations "$CAPTIONS")
   [[ -n $NUM_SAMPLES ]] && args+=(--num_samples "$NUM_SAMPLES")
   [[ -n $DEVICE ]] && args+=(--device "$DEVICE")
-  [[ -n $RAY ]] && args+=(--ray "$RAY")
+  args+=("${RAY_FLAGS[@]}")
   run_stage extract "$PY" "$ROOT/extract_features.py" "${args[@]}"
 }
 
@@ -108,7 +109,7 @@ measure() {
     --levels "$LEVEL_LIST" --metric "$METRIC" --topk "$TOPK" --null "$NULL"
     --input_dir "$BASE_DIR/u={}_features" --output_dir "$BASE_DIR/u={}_alignment")
   [[ -n $DEVICE ]] && args+=(--device "$DEVICE")
-  [[ -n $RAY ]] && args+=(--ray "$RAY")
+  args+=("${RAY_FLAGS[@]}")
   run_stage measure "$PY" "$ROOT/measure_alignment.py" "${args[@]}"
 }
 
@@ -151,6 +152,8 @@ main() {
   DEVICE=${DEVICE:-}
   BATCH_SIZE=${BATCH_SIZE:-32}
   RAY=${RAY:-}
+  RAY_RETRIES=${RAY_RETRIES:-}
+  ray_flags
   PLOT_DIR=${PLOT_DIR:-$BASE_DIR/plots}
   SCRATCH=$(mktemp)
   if [[ -x $ROOT/.venv/bin/python ]]; then PY=$ROOT/.venv/bin/python; else PY=${PYTHON:-python}; fi

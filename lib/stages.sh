@@ -51,6 +51,19 @@ on_signal() {
   exit "$2"
 }
 
+# ray_flags: the Ray flags of every stage (--ray ADDRESS, --ray_retries N) in RAY_FLAGS, from RAY
+# and RAY_RETRIES; --ray_retries without --ray is an error, not a silently ignored option.
+ray_flags() {
+  RAY_FLAGS=()
+  if [[ -n $RAY ]]; then
+    RAY_FLAGS=(--ray "$RAY")
+    [[ -n $RAY_RETRIES ]] && RAY_FLAGS+=(--ray_retries "$RAY_RETRIES")
+  elif [[ -n $RAY_RETRIES ]]; then
+    die "--ray_retries needs --ray"
+  fi
+  return 0
+}
+
 # SIGINT to the stage's process group lets Python remove its temporary files; a stage that is
 # still running after GRACE_SECONDS is killed, and its temporary files are removed here.
 stop_child() {

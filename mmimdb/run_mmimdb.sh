@@ -37,6 +37,7 @@ Each option may also be given as an environment variable of the same name in cap
   --ray [ADDRESS]      run features, probes and alignment as Ray tasks: 'auto' joins the running
                        cluster (after `ray start`), host:port joins that one, no value starts a
                        local Ray instance; see docs/ray.md
+  --ray_retries N      with --ray: times Ray reruns a task whose worker died (default: 3)
   -h, --help           this text
 
 Environment only: PYTHON, the interpreter used when .venv/bin/python (made by setup.sh) is
@@ -49,7 +50,7 @@ EOF_USAGE
 }
 
 OPTIONS=(MMIMDB_ROOT BASE_DIR MODELSET NUM_SAMPLES SEED DEVICE BATCH_SIZE LAYER EPOCHS METRIC TOPK
-  RAY)
+  RAY RAY_RETRIES)
 # Options whose value may be left out, and what they mean then: --ray alone, a local Ray instance.
 declare -A OPTIONAL_VALUES=([RAY]=local)
 declare -A ALIASES=([ROOT]=MMIMDB_ROOT)
@@ -77,18 +78,18 @@ main() {
   METRIC=${METRIC:-mutual_knn}
   TOPK=${TOPK:-10}
   RAY=${RAY:-}
+  RAY_RETRIES=${RAY_RETRIES:-}
+  ray_flags
   if [[ -x $REPO/.venv/bin/python ]]; then PY=$REPO/.venv/bin/python; else PY=${PYTHON:-python}; fi
   [[ $MODELSET == demo ]] && export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
   local common=(--base_dir "$BASE_DIR" --modelset "$MODELSET")
   [[ -n $DEVICE ]] && common+=(--device "$DEVICE")
-  local on_ray=()
-  [[ -n $RAY ]] && on_ray=(--ray "$RAY")
   local features=("${common[@]}" --num_samples "$NUM_SAMPLES" --seed "$SEED" --batch_size
-    "$BATCH_SIZE" "${on_ray[@]}")
+    "$BATCH_SIZE" "${RAY_FLAGS[@]}")
   [[ -n $MMIMDB_ROOT ]] && features+=(--root "$MMIMDB_ROOT")
   local performance=("${common[@]}" --layer "$LAYER" --epochs "$EPOCHS" --seed "$SEED"
-    "${on_ray[@]}")
-  local alignment=("${common[@]}" --metric "$METRIC" --topk "$TOPK" "${on_ray[@]}")
+    "${RAY_FLAGS[@]}")
+  local alignment=("${common[@]}" --metric "$METRIC" --topk "$TOPK" "${RAY_FLAGS[@]}")
   local plots=("${common[@]}" --metric "$METRIC" --topk "$TOPK")
   # every stage's flags, checked by the stages' own parsers and rules before the first one runs
   run_stage flags "$PY" "$HERE/check_flags.py" :: features "${features[@]}" \

@@ -183,7 +183,10 @@ def test_bad_flags_stop_the_driver_before_the_first_stage(study, driver_env, tmp
     for flags, message in ((["--topk", "0"], "argument --topk: must be at least 1"),
                            (["--seed", "-1"], "argument --seed: must be at least 0"),
                            (["--epochs="], "--epochs needs a value, got an empty one"),
-                           (["--ray="], "--ray needs a value, got an empty one")):
+                           (["--ray="], "--ray needs a value, got an empty one"),
+                           (["--ray_retries", "2"], "--ray_retries needs --ray"),
+                           (["--ray", "--ray_retries", "-1"],
+                            "argument --ray_retries: must be at least 0")):
         proc = _driver(driver_env, "--root", str(root), "--base_dir", str(base), *flags)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr and not base.exists()
@@ -195,8 +198,9 @@ def test_driver_passes_ray_to_every_stage(tmp_path, driver_env):
                          image_size=32)
     base = tmp_path / "base"
     proc = _driver({**driver_env, "EPOCHS": "2", "BATCH_SIZE": "8"}, "--root", str(root),
-                   "--base_dir", str(base), "--ray")
+                   "--base_dir", str(base), "--ray", "--ray_retries", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("'--ray' 'local' '--ray_retries' '1'") == 6  # 3 in the flag check, 3 stages
     for stage in ("extract on Ray", "probes on Ray", "measure on Ray"):
         assert stage in proc.stderr
     layout = Layout.at(base)

@@ -145,15 +145,15 @@ def test_second_run_redoes_nothing(full_run, driver_env):
 
 
 def test_rerun_through_ray_redoes_nothing(full_run, driver_env):
-    """`--ray` alone (a local Ray instance) reaches both stages, which see the local run's files
-    as finished: Ray tasks and a local run share one notion of done."""
+    """`--ray` alone (a local Ray instance) reaches both stages, with `--ray_retries`, and they
+    see the local run's files as finished: Ray tasks and a local run share one notion of done."""
     base, _, _ = full_run
     before = _files(base)
     proc = subprocess.run(["bash", str(ROOT / "run_platonic_unique.sh"), "--base_dir", str(base),
-                           "--ray"], env=driver_env, cwd=base.parent, capture_output=True,
-                          text=True, timeout=600)
+                           "--ray_retries", "1", "--ray"], env=driver_env, cwd=base.parent,
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stderr.count("'--ray' 'local'") == 2
+    assert proc.stderr.count("'--ray' 'local' '--ray_retries' '1'") == 2
     assert "wrote 0 feature files" in proc.stdout and "model loads {}" in proc.stdout
     assert proc.stdout.count("up to date: ") == len(LEVELS)
     assert _files(base) == before
@@ -221,7 +221,9 @@ def test_bad_folders_and_empty_values_stop_before_any_stage(tmp_path, driver_env
                            (["--base_dir", str(tmp_path / "b"), "--null="],
                             "--null needs a value, got an empty one"),
                            (["--base_dir", str(tmp_path / "b"), "--ray="],
-                            "--ray needs a value, got an empty one")):
+                            "--ray needs a value, got an empty one"),
+                           (["--base_dir", str(tmp_path / "b"), "--ray_retries", "2"],
+                            "--ray_retries needs --ray")):
         proc = subprocess.run(["bash", str(ROOT / "run_platonic_unique.sh"), *flags],
                               env=driver_env, cwd=tmp_path, capture_output=True, text=True,
                               timeout=300)
