@@ -12,8 +12,10 @@ calibrated score, so it is never significant.
 No neighbour list is recomputed: permuting y's rows by pi turns its lists into
 knn'[i] = pi^-1(knn[pi(i)]), an index operation, and no N x N matrix is made per permutation.
 - mutual_knn: x's lists are turned once into a table of their pairs (`neighbours.MemberTable`);
-  a permutation's whole grid is then one lookup of y's permuted lists in it (cost
-  (Ly + 1) N k log(N k), O((Lx + 1) N k) memory);
+  a permutation's whole grid is then one lookup of y's lists, read through the inverse
+  permutation, in it, counted as a histogram of the candidates' packed bits (cost
+  (Ly + 1) N k log(N k), or (Ly + 1) N k with the table's N x N form at small N;
+  O((Lx + 1) N k) memory);
 - every other metric: the grid of the metric's own fast form on a permuted view of y
   (`PermutedKernels`: neighbour lists indexed, features read in the permuted row order). For
   the CKA family, each candidate's HSIC(K, K) is kept across permutations, and the centred
