@@ -95,22 +95,30 @@ def verified_fingerprint(path: str | os.PathLike) -> str:
 
 def streamed_sha256(path: Path, each_chunk: Callable[[torch.Tensor], None] | None = None) -> str:
     """`tensors_sha256` of a safetensors file with the features read in row chunks of about
-    `CHUNK_BYTES` (a multiple of 64 rows), each also given to `each_chunk`."""
+    `CHUNK_BYTES` (a multiple of 64 rows), each also given to `each_chunk`. The file is mapped
+    again for each chunk: pages of one mapping count in the process's resident memory until it
+    is closed, so one mapping kept over the whole stream held the whole file."""
     h = hashlib.sha256()
     try:
         with safe_open(str(path), framework="pt") as f:
-            for name in sorted(f.keys()):  # noqa: SIM118
-                part = f.get_slice(name)
-                shape, dtype = tuple(part.get_shape()), slice_dtype(part)
-                if name != FEATS or not shape:
+            names = sorted(f.keys())  # noqa: SIM118
+            parts = {name: f.get_slice(name) for name in names}
+            shapes = {name: tuple(part.get_shape()) for name, part in parts.items()}
+            dtypes = {name: slice_dtype(part) for name, part in parts.items()}
+        for name in names:
+            shape = shapes[name]
+            if name != FEATS or not shape:
+                with safe_open(str(path), framework="pt") as f:
                     h.update(_tensor_record(name, f.get_tensor(name)))
-                    continue
-                h.update(f"{name}:{dtype}:{shape}".encode())
-                for start in range(0, shape[0], chunk_rows(shape)):
-                    chunk = part[start:start + chunk_rows(shape)].clone()
-                    h.update(chunk.contiguous().view(torch.uint8).numpy().tobytes() if chunk.numel() else b"")
-                    if each_chunk is not None:
-                        each_chunk(chunk)
+                continue
+            h.update(f"{name}:{dtypes[name]}:{shape}".encode())
+            rows = chunk_rows(shape)
+            for start in range(0, shape[0], rows):
+                with safe_open(str(path), framework="pt") as f:
+                    chunk = f.get_slice(name)[start:start + rows].clone()
+                h.update(chunk.contiguous().view(torch.uint8).numpy().tobytes() if chunk.numel() else b"")
+                if each_chunk is not None:
+                    each_chunk(chunk)
     except PlatonicError:
         raise
     except Exception as err:  # safetensors raises several types for a damaged file
