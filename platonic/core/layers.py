@@ -30,6 +30,7 @@ from platonic.io.features import (
     check_content,
     chunk_rows,
     load_features,
+    read_layer,
     read_meta,
     read_tensor,
     slice_dtype,
@@ -220,7 +221,7 @@ class FileLayers(LayerSource):
             yield read_tensor(self.path, FEATS, (slice(start, start + rows),)).clone()
 
     def layer(self, index: int) -> torch.Tensor:
-        raw = read_tensor(self.path, FEATS, (slice(None), index))
+        raw = read_layer(self.path, index)
         x = raw.to(device=self.device, dtype=torch.float32, copy=True)
         return x if self.threshold is None else x.clamp_(-self.threshold, self.threshold)
 

@@ -19,6 +19,7 @@ from platonic.errors import PlatonicError
 from platonic.io.features import (
     feature_path,
     load_features,
+    read_layer,
     read_meta,
     save_features,
     verified_fingerprint,
@@ -72,6 +73,23 @@ def test_a_written_file_gets_the_umask_mode(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "out.txt").stat().st_mode) == 0o640
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_read_layer_gives_each_layer_of_the_file(tmp_path, dtype):
+    """Every layer read by positioned reads equals that slice of the whole tensor, with extras
+    stored beside the features (their bytes shift where the features start): an off-by-one in
+    the row stride, the layer offset or the header length would read other numbers."""
+    feats = torch.randn(7, 4, 5).to(dtype)
+    path = tmp_path / "f.safetensors"
+    save_features(path, feats, {"model": "m"}, {"bpb": torch.rand(7), "loss": torch.rand(7)})
+    for layer in range(4):
+        got = read_layer(path, layer)
+        assert got.dtype == dtype and torch.equal(got, feats[:, layer])
+    data = path.read_bytes()
+    path.write_bytes(data[:-100])  # into the features (280+ bytes; at most 56 of extras follow)
+    with pytest.raises(PlatonicError, match=r"f\.safetensors: (truncated|feats of shape)"):
+        read_layer(path, 3)
 
 
 def test_level_folders_from_a_template_or_a_sub_folder():
