@@ -137,10 +137,10 @@ def print_findings(outputs) -> None:
     summary = outputs.summary
     chance = summary.chance.set_index("level")
     level0 = chance.loc[0]
-    families = summary.families.set_index("family")["rho"]
+    families = summary.families.set_index("family")["mean_rho"]
     print(f"\nfindings: overall rho {summary.overall_rho:.3f} (goal <= -0.9): "
           f"{'met' if summary.overall_rho <= -0.9 else 'MISSED'}")
-    print(f"  significant pairs at level 0: {level0.significant} / {level0.n_pairs} (goal: all)")
+    print(f"  significant pairs at level 0: {int(level0.significant)} / {int(level0.n_pairs)} (goal: all)")
     for family, rho in families.items():
         print(f"  family {family}: rho {rho:.3f}")
     print(f"  summary: {outputs.summary_path}")
