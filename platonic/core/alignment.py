@@ -242,11 +242,13 @@ def mutual_counts(members_x: MemberTable, knn_y: torch.Tensor,
     lists is looked up as (pi^-1(j), pi^-1(c)), so no list is permuted."""
     counts = torch.empty(members_x.count, len(knn_y), dtype=torch.int64, device=knn_y.device)
     step = max(1, (256 << 20) // (knn_y[0].numel() * members_x.count))
+    rows = torch.arange(knn_y.shape[1], device=knn_y.device)[:, None]
+    if inverse is not None:
+        rows = inverse[rows]
     for start in range(0, len(knn_y), step):
         cols = knn_y[start:start + step]
-        rows = torch.arange(knn_y.shape[1], device=knn_y.device)[:, None]
         if inverse is not None:
-            rows, cols = inverse[rows], inverse[cols]
+            cols = inverse[cols]
         counts[:, start:start + step] = members_x.pair_counts(rows, cols)
     return counts
 

@@ -195,6 +195,8 @@ class MemberTable:
         bits.index_put_((inverse, candidate // 8), (1 << (candidate % 8)).int(), accumulate=True)
         self.bits = bits.to(torch.uint8)
         self.shifts = torch.arange(8, dtype=torch.uint8, device=knn.device)
+        # [256, 8]: the bits of every byte value, to turn a histogram of bytes into bit counts
+        self.byte_bits = ((torch.arange(256, device=knn.device)[:, None] >> self.shifts.long()) & 1).double()
         self.dense = None  # small N: the bits of every pair (i, j) at i * N + j, looked up directly
         if n * n * self.bits.shape[1] <= DENSE_TABLE_BYTES:
             self.dense = torch.zeros(n * n, self.bits.shape[1], dtype=torch.uint8, device=knn.device)
@@ -227,8 +229,7 @@ class MemberTable:
         slots = torch.arange(groups * width, dtype=torch.int32, device=packed.device) << 8
         histogram = torch.bincount((packed.int() + slots.view(groups, 1, width)).flatten(),
                                    minlength=groups * width * 256)
-        bits = (torch.arange(256, device=packed.device)[:, None] >> self.shifts.long()) & 1
-        counts = histogram.view(groups, width, 256).double() @ bits.double()  # [G, bytes, 8]
+        counts = histogram.view(groups, width, 256).double() @ self.byte_bits  # [G, bytes, 8]
         return counts.flatten(1)[:, :self.count].T.long()
 
 
